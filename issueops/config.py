@@ -1,0 +1,68 @@
+"""Settings, read once from the environment (Kubernetes Secrets arrive as environment variables).
+
+Every secret read here is registered with the log masker before it can be logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from issueops.logs import register_secret
+
+SECRET_ENV_NAMES = (
+    "GITHUB_TOKEN",
+    "GITHUB_WEBHOOK_SECRET",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "ISSUEOPS_SLACK_WEBHOOK_URL",
+    "ISSUEOPS_TEAMS_WEBHOOK_URL",
+    "ISSUEOPS_DISCORD_WEBHOOK_URL",
+    "ISSUEOPS_SMTP_PASSWORD",
+)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    s3_endpoint: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    mlflow_tracking_uri: str = ""
+    history_repo: Path | None = None
+    data_roots: tuple[Path, ...] = field(default_factory=tuple)
+    github_token: str | None = None
+    github_repository: str | None = None
+    github_api_url: str = "https://api.github.com"
+    manual_approval: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        for name in SECRET_ENV_NAMES:
+            register_secret(os.environ.get(name))
+        home = Path(_env("ISSUEOPS_HOME", "./.issueops")).expanduser().resolve()
+        roots = _env("ISSUEOPS_DATA_ROOTS")
+        data_roots = (
+            tuple(Path(p).expanduser().resolve() for p in roots.split(os.pathsep) if p)
+            if roots
+            else (Path.cwd().resolve(), home)
+        )
+        return cls(
+            home=home,
+            s3_endpoint=_env("ISSUEOPS_S3_ENDPOINT"),
+            s3_bucket=_env("ISSUEOPS_S3_BUCKET"),
+            s3_prefix=_env("ISSUEOPS_S3_PREFIX", "").strip("/"),
+            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            history_repo=Path(_env("ISSUEOPS_HISTORY_REPO", str(home / "history"))).expanduser(),
+            data_roots=data_roots,
+            github_token=_env("GITHUB_TOKEN"),
+            github_repository=_env("GITHUB_REPOSITORY"),
+            github_api_url=_env("GITHUB_API_URL", "https://api.github.com"),
+            manual_approval=_env("ISSUEOPS_MANUAL_APPROVAL", "false").lower() in ("1", "true", "yes"),
+        )
