@@ -135,8 +135,12 @@ def _roc_curves(y, proba, classes) -> dict[str, dict[str, list[float]]]:
     targets = [1] if len(classes) == 2 else range(len(classes))
     curves = {}
     for index in targets:
-        fpr, tpr, _ = roc_curve(y == index, proba[:, index])
-        curves[classes[index]] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
+        fpr, tpr, thresholds = roc_curve(y == index, proba[:, index])
+        curves[classes[index]] = {
+            "fpr": np.round(fpr, 5).tolist(),
+            "tpr": np.round(tpr, 5).tolist(),
+            "thresholds": np.round(np.minimum(thresholds, 1.0), 5).tolist(),
+        }
     return curves
 
 

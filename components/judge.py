@@ -1,0 +1,19 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def judge(
+    spec_json: str, run_id: str, evaluation: Input[Artifact], attempt: int
+) -> NamedTuple("JudgeOutputs", [("decision", str), ("message", str)]):
+    """pass, retrain or fail, against the spec's threshold and the attempts left."""
+    from collections import namedtuple
+
+    from issueops.steps import judge_step
+
+    verdict = judge_step(spec_json, run_id, evaluation.path, attempt)
+    return namedtuple("JudgeOutputs", ["decision", "message"])(verdict.decision, verdict.message)

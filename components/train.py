@@ -1,0 +1,13 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def train(spec_json: str, run_id: str, processed: Input[Dataset], model: Output[Model]):
+    """Train the spec's algorithm; the model and its preprocessing are saved together."""
+    from issueops.steps import train_step
+
+    manifest = train_step(spec_json, run_id, processed.path, model.path)
+    model.metadata.update({"algorithm": manifest["algorithm"], "framework": manifest.get("format", "")})

@@ -1,0 +1,167 @@
+"""The `issueops` command. Each subcommand is a few lines over the library.
+
+Exit codes: 0 pass (or success), 3 retrain, 4 fail, 2 invalid input, 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from issueops.errors import InvalidInput, IssueOpsError
+from issueops.logs import configure_logging, mask
+
+EXIT_BY_DECISION = {"pass": 0, "retrain": 3, "fail": 4}
+MAX_SPEC_FILE_BYTES = 1024 * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"), json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")))
+    try:
+        return args.handler(args)
+    except IssueOpsError as exc:
+        for problem in exc.problems:
+            print(mask(str(problem)), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback only on request
+        if os.environ.get("ISSUEOPS_DEBUG"):
+            raise
+        print(f"internal error: {mask(f'{type(exc).__name__}: {exc}')} (set ISSUEOPS_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="issueops", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check an issue body / spec file")
+    validate.add_argument("file", help="issue body: YAML, JSON or markdown with a ```yaml block ('-' for stdin)")
+    validate.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
+    validate.set_defaults(handler=cmd_validate)
+
+    run = commands.add_parser("run", help="run the training pipeline on the local runner")
+    run.add_argument("file", help="issue body: YAML, JSON or markdown with a ```yaml block ('-' for stdin)")
+    run.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    run.add_argument("--issue", type=int, help="issue number to record with the run")
+    run.add_argument("--attempt", type=int, default=1, help="attempt number (1 = first training)")
+    run.set_defaults(handler=cmd_run)
+
+    compile_ = commands.add_parser("compile", help="write the pipeline IR YAML for Kubeflow Pipelines")
+    compile_.add_argument("-o", "--output-dir", default="build", help="directory for the YAML (default: build)")
+    compile_.set_defaults(handler=cmd_compile)
+
+    for add in _extra_commands():
+        add(commands)
+    return parser
+
+
+def _extra_commands():
+    adders = []
+    try:
+        from issueops.cli.registry import add_registry_parser
+
+        adders.append(add_registry_parser)
+    except ImportError:
+        pass
+    return adders
+
+
+def read_body(path: str) -> str:
+    """The text of a spec file, or InvalidInput naming why it cannot be read."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_SPEC_FILE_BYTES + 1)
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidInput(f"{path}: no such file.")
+        if file.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise InvalidInput(f"{path} is {file.stat().st_size // 1024} KiB; a spec file is at most 64 KiB.")
+        data = file.read_bytes()
+    if len(data) > MAX_SPEC_FILE_BYTES:
+        raise InvalidInput("The spec on stdin is over 1 MiB; a spec is at most 64 KiB.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not UTF-8 text.") from None
+
+
+def cmd_validate(args) -> int:
+    from issueops.spec import parse_issue_body
+
+    spec = parse_issue_body(read_body(args.file))
+    print(spec.to_json() if args.json else f"valid: {spec.learning_type} {spec.algorithm} ({spec.task_type}), "
+          f"metric {spec.evaluation_metric}, threshold {spec.evaluation_threshold}, max_retry {spec.max_retry}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from issueops.execution import run_local
+    from issueops.spec import parse_issue_body
+
+    spec = parse_issue_body(read_body(args.file))
+    if args.attempt < 1:
+        raise InvalidInput("--attempt counts from 1.")
+    console = os.fdopen(os.dup(2), "w", buffering=1)
+
+    def progress(step) -> None:
+        if not args.json or os.environ.get("ISSUEOPS_PROGRESS"):
+            took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
+            print(f"  {step.name:<14} {step.status}{took}", file=console)
+
+    if not args.json:
+        print(f"issueops: training {spec.algorithm} ({spec.task_type}) on "
+              f"{spec.dataset_id or spec.environment}", file=console)
+    result = run_local(spec, issue=args.issue, attempt=args.attempt, progress=progress)
+    if args.json:
+        print(result.to_json())
+    else:
+        print(render_summary(result))
+    return EXIT_BY_DECISION.get(result.decision, 1)
+
+
+def render_summary(result) -> str:
+    lines = [
+        f"run        {result.run_id}",
+        f"decision   {result.decision.upper()}: {result.message}",
+        f"metric     {result.evaluation_metric} = {result.metric_value}"
+        + (f" (threshold {result.threshold:g})" if result.threshold is not None else ""),
+        "metrics    " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, (int, float))),
+    ]
+    if result.model_name:
+        lines.append(f"model      {result.model_name} version {result.model_version} ({result.alias or 'no alias'})")
+    if result.endpoint:
+        lines.append(f"endpoint   {result.endpoint}")
+    if result.history_path:
+        lines.append(f"history    {result.history_path}")
+    lines.append(f"artifacts  {result.artifacts.get('model')}")
+    return "\n".join(lines)
+
+
+def cmd_compile(args) -> int:
+    from kfp import compiler
+
+    from pipelines.training import training_pipeline
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "issueops-training.yaml"
+    compiler.Compiler().compile(training_pipeline, str(target))
+    print(target)
+    return 0
+
+
+def json_dump(data) -> str:
+    return json.dumps(data, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Run one attempt of a request: the same pipeline function on KFP's local runner or a KFP cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from issueops.config import Settings
+from issueops.errors import ExternalServiceError, InvalidInput
+from issueops.results import RunResult, StepTiming
+from issueops.runs import RunRecord, collect_result, new_run_id, utcnow
+from issueops.spec import TrainingSpec
+from issueops.store import ObjectStore, open_store
+
+ProgressCallback = Callable[[StepTiming], None]
+
+
+def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore) -> None:
+    """Input problems found before anything runs, so bad input costs no pipeline and writes nothing."""
+    if spec.learning_type == "reinforcement":
+        from issueops.training.reinforcement import check_environment
+
+        check_environment(spec)
+    else:
+        from issueops.prepare import check_dataset
+
+        check_dataset(spec, settings, store)
+
+
+def start_request(
+    store: ObjectStore, spec: TrainingSpec, *, issue: int | None = None, repository: str | None = None,
+    attempt: int = 1, run_id: str | None = None,
+) -> str:
+    run_id = run_id or new_run_id()
+    RunRecord(store, run_id).write(
+        "request.json",
+        {"spec": spec.to_dict(), "issue": issue, "repository": repository, "attempt": attempt,
+         "started_at": utcnow()},
+    )
+    return run_id
+
+
+def run_local(
+    spec: TrainingSpec,
+    *,
+    settings: Settings | None = None,
+    issue: int | None = None,
+    repository: str | None = None,
+    attempt: int = 1,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run the training pipeline with kfp.local.SubprocessRunner and return the attempt's result.
+
+    The runner's own chatter goes to runs/<run_id>/pipeline.log under ISSUEOPS_HOME; a failed
+    step's explanation comes back in the result (decision 'error') or as the step's own error.
+    """
+    settings = settings or Settings.from_env()
+    store = open_store(settings)
+    preflight(spec, settings, store)
+    run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
+    log_path = settings.home / "logs" / f"{run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ISSUEOPS_RETRY_BACKOFF", "1s")
+    os.environ["ISSUEOPS_HOME"] = str(settings.home)
+
+    from kfp import local
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(settings.home / "kfp"),
+        raise_on_error=False,
+    )
+    from pipelines.training import training_pipeline
+
+    watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
+    if watcher:
+        watcher.start()
+    try:
+        with _redirect_output(log_path):
+            training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
+    finally:
+        if watcher:
+            watcher.stop()
+    result = collect_result(store, run_id)
+    result.artifacts["log"] = str(log_path)
+    error = RunRecord(store, run_id).error()
+    if error and error.get("exit_code") == 2:
+        raise InvalidInput(error["problems"][0], problems=error["problems"])
+    if result.decision in ("unknown", "error"):
+        reason = "; ".join(error["problems"]) if error else "the pipeline stopped without a decision"
+        raise ExternalServiceError(f"Run {run_id} failed in step {error['step'] if error else '?'}: {reason} "
+                                   f"(log: {log_path}).")
+    return result
+
+
+@contextlib.contextmanager
+def _redirect_output(path: Path):
+    """Send fd 1 and 2 (the runner and its subprocesses) to a file; stdout stays for results."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class _StepWatcher(threading.Thread):
+    """Reports each step's change of state from the run record while the pipeline runs."""
+
+    def __init__(self, record: RunRecord, callback: ProgressCallback, interval: float = 0.3):
+        super().__init__(daemon=True)
+        self.record, self.callback, self.interval = record, callback, interval
+        self.seen: dict[str, str] = {}
+        self._halt = threading.Event()
+
+    def poll(self) -> None:
+        for step in self.record.steps():
+            if self.seen.get(step.name) != step.status:
+                self.seen[step.name] = step.status
+                self.callback(step)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            with contextlib.suppress(Exception):
+                self.poll()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.poll()

@@ -1,0 +1,52 @@
+"""The training pipeline: prepare_data → train → evaluate → judge, then a branch per decision.
+
+The same function runs on Kubeflow Pipelines (compiled IR YAML) and on the local runner.
+"""
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.judge import judge
+from components.prepare_data import prepare_data
+from components.train import train
+from issueops.policy import STEP_POLICIES, retry_backoff
+
+
+def with_policy(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
+    """The seed's retries on the task, and its timeout as the pod deadline on a cluster."""
+    from kfp import kubernetes
+
+    policy = STEP_POLICIES[step]
+    if policy.retries:
+        task.set_retry(num_retries=policy.retries, backoff_duration=retry_backoff(), backoff_factor=2.0)
+    kubernetes.set_timeout(task, policy.timeout_s)
+    task.set_caching_options(False)
+    return task
+
+
+@dsl.pipeline(name="issueops-training", description="Train, evaluate and judge one attempt of a request.")
+def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
+    prepared = with_policy(prepare_data(spec_json=spec_json, run_id=run_id), "prepare_data")
+    trained = with_policy(
+        train(spec_json=spec_json, run_id=run_id, processed=prepared.outputs["processed"]), "train"
+    )
+    evaluated = with_policy(
+        evaluate(
+            spec_json=spec_json,
+            run_id=run_id,
+            processed=prepared.outputs["processed"],
+            model=trained.outputs["model"],
+        ),
+        "evaluate",
+    )
+    verdict = with_policy(
+        judge(spec_json=spec_json, run_id=run_id, evaluation=evaluated.outputs["evaluation"], attempt=attempt),
+        "judge",
+    )
+    return verdict.outputs["decision"]
+
+
+if __name__ == "__main__":
+    from kfp import compiler
+
+    compiler.Compiler().compile(training_pipeline, "issueops-training.yaml")
