@@ -85,7 +85,11 @@ def check_dataset(spec: TrainingSpec, settings: Settings, store: ObjectStore) ->
                 f"{', '.join(map(str, frame.columns[:20]))}."
             )
             target = None
-    features = [c for c in frame.columns if c != target]
+    # Known labels of an unsupervised dataset are kept aside for external scores, never used as features.
+    label_column = loaded.target_hint if spec.learning_type == "unsupervised" else None
+    if label_column not in frame.columns:
+        label_column = None
+    features = [c for c in frame.columns if c not in (target, label_column)]
     if not features:
         problems.append("the dataset has no feature columns besides the target.")
 
@@ -107,7 +111,7 @@ def check_dataset(spec: TrainingSpec, settings: Settings, store: ObjectStore) ->
     if rows < MIN_ROWS:
         problems.append(f"the dataset has {rows} usable rows; at least {MIN_ROWS} are needed.")
 
-    report: dict[str, Any] = {"target": target, "feature_kinds": kinds}
+    report: dict[str, Any] = {"target": target, "label_column": label_column, "feature_kinds": kinds}
     if target and target not in empty and rows >= MIN_ROWS:
         y = frame[target].dropna()
         if spec.task_type == "classification":
@@ -215,6 +219,7 @@ def prepare_data(spec: TrainingSpec, settings: Settings, store: ObjectStore, out
         "learning_type": spec.learning_type,
         "task_type": spec.task_type,
         "target": target,
+        "label_column": report["label_column"],
         "feature_columns": features,
         "feature_kinds": report["feature_kinds"],
         "num_samples": int(len(frame)),
