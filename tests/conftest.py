@@ -40,3 +40,15 @@ def store(settings):
     from issueops.store import open_store
 
     return open_store(settings)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """Endpoint of a real S3 server (SeaweedFS) shared by the session's tests."""
+    from tests.s3_server import seaweedfs
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check an issue body / spec file")
     validate.add_argument("file", help="issue body: YAML, JSON or markdown with a ```yaml block ('-' for stdin)")
     validate.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
+    validate.add_argument("--spec-only", action="store_true", help="skip the dataset / environment checks")
     validate.set_defaults(handler=cmd_validate)
 
     run = commands.add_parser("run", help="run the training pipeline on the local runner")
@@ -98,6 +99,13 @@ def cmd_validate(args) -> int:
     from issueops.spec import parse_issue_body
 
     spec = parse_issue_body(read_body(args.file))
+    if not args.spec_only:
+        from issueops.config import Settings
+        from issueops.execution import preflight
+        from issueops.store import open_store
+
+        settings = Settings.from_env()
+        preflight(spec, settings, open_store(settings))
     print(spec.to_json() if args.json else f"valid: {spec.learning_type} {spec.algorithm} ({spec.task_type}), "
           f"metric {spec.evaluation_metric}, threshold {spec.evaluation_threshold}, max_retry {spec.max_retry}")
     return 0

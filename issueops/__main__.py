@@ -1,0 +1,5 @@
+import sys
+
+from issueops.cli import main
+
+sys.exit(main())
