@@ -36,8 +36,8 @@ run:
 compile:
 	$(BIN)/issueops compile -o build
 
-bench:
-	$(BIN)/python -m benchmarks
+bench:  # all entries; `make bench BENCH="pipeline webhook"` for some
+	$(BIN)/python -m benchmarks $(BENCH)
 
 clean:
 	rm -rf build .issueops .pytest_cache

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Iterator
 
-from issueops.errors import IssueOpsError
+from issueops.errors import InvalidInput, IssueOpsError
 from issueops.logs import mask
 from issueops.policy import STEP_POLICIES
 from issueops.results import RunResult, StepTiming
@@ -71,6 +71,10 @@ class StepTimeout(IssueOpsError):
 def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     """Record a step's start, end and error; enforce its timeout where signals allow (local runner)."""
     record = RunRecord(store, run_id)
+    earlier = record.error()
+    if earlier and earlier.get("step") == name and earlier.get("exit_code") == 2:
+        # A retry cannot fix bad input: fail at once with the same explanation.
+        raise InvalidInput(earlier["problems"][0], problems=earlier["problems"])
     started = time.monotonic()
     record.write(f"steps/{name}.json", {"name": name, "status": "running", "started_at": utcnow()})
     policy = STEP_POLICIES.get(name)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from issueops.config import Settings
-from issueops.evaluate import EvaluationResult, evaluate_model
-from issueops.judge import Judgement, judge
 from issueops.runs import RunRecord, step_guard, utcnow
 from issueops.spec import TrainingSpec
 from issueops.store import ObjectStore, open_store
+
+if TYPE_CHECKING:  # each step imports only what it uses: every import is paid again per task process
+    from issueops.evaluate import EvaluationResult
+    from issueops.judge import Judgement
 
 
 def _context() -> tuple[Settings, ObjectStore]:
@@ -49,6 +53,8 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
 
 
 def evaluate_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str, out_dir: str) -> EvaluationResult:
+    from issueops.evaluate import evaluate_model
+
     _, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "evaluate"):
@@ -58,16 +64,126 @@ def evaluate_step(spec_json: str, run_id: str, processed_dir: str, model_dir: st
 
 
 def judge_step(spec_json: str, run_id: str, evaluation_dir: str, attempt: int) -> Judgement:
+    import json
+
+    from issueops.judge import judge
+
     _, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "judge"):
-        evaluation = EvaluationResult.read(Path(evaluation_dir))
+        evaluation = json.loads((Path(evaluation_dir) / "results.json").read_text())
         verdict = judge(
             spec.evaluation_metric,
-            evaluation.value,
+            evaluation["value"],
             spec.evaluation_threshold,
             attempt=attempt,
             max_retry=spec.max_retry,
         )
         RunRecord(store, run_id).write("judgement.json", {**verdict.to_dict(), "time": utcnow()})
     return verdict
+
+
+def _github(settings: Settings):
+    """The GitHub client when a token and repository are configured, else None (embedded default)."""
+    if not (settings.github_token and settings.github_repository):
+        return None
+    from issueops.github import GitHubClient
+
+    return GitHubClient.from_settings(settings)
+
+
+def register_step(run_id: str) -> dict:
+    """Log the attempt to MLflow and register a new version; auto-approve unless manual approval."""
+    from issueops.registry import Registry, model_name_for
+    from issueops.runs import collect_result
+
+    settings, store = _context()
+    with step_guard(store, run_id, "register"):
+        result = collect_result(store, run_id)
+        registry = Registry.from_settings(settings)
+        model_dir = _local_copy(store, f"models/{run_id}", settings)
+        mlflow_run_id = registry.log_run(result, model_dir)
+        spec = result.spec
+        info = registry.register_version(
+            model_name_for(spec),
+            result,
+            mlflow_run_id,
+            model_dir,
+            approve=not (spec.get("manual_approval") or settings.manual_approval),
+            actor=_actor(),
+        )
+        registration = {
+            "model_name": info.name,
+            "version": str(info.version),
+            "alias": "production" if "production" in (info.aliases or []) else None,
+            "approval_status": info.status,
+            "mlflow_run_id": mlflow_run_id,
+        }
+        RunRecord(store, run_id).write("registration.json", registration)
+    return registration
+
+
+def rollback_step(run_id: str) -> dict:
+    """A failed request leaves production as it was before the request."""
+    from issueops.registry import Registry, model_name_for
+    from issueops.runs import collect_result
+
+    settings, store = _context()
+    with step_guard(store, run_id, "rollback"):
+        result = collect_result(store, run_id)
+        outcome = Registry.from_settings(settings).rollback_request(
+            model_name_for(result.spec), run_id, reason=result.message, actor=_actor()
+        )
+        record = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
+        RunRecord(store, run_id).write("rollback.json", record)
+    return record
+
+
+def write_history_step(run_id: str) -> dict:
+    """The run's markdown (and plots) committed to the history repository."""
+    from issueops.history import write_history
+    from issueops.runs import collect_result
+
+    settings, store = _context()
+    with step_guard(store, run_id, "write_history"):
+        result = collect_result(store, run_id)
+        plots_dir = _local_copy(store, f"evaluations/{run_id}", settings)
+        result.artifacts.update({p.name: str(p) for p in plots_dir.glob("*.png")})
+        record = write_history(result, settings=settings, github=_github(settings)).to_dict()
+        RunRecord(store, run_id).write("history.json", record)
+    return record
+
+
+def notify_step(run_id: str, notification_type: str) -> dict:
+    """Announce the run on every configured channel; a channel's failure is reported, never raised."""
+    from issueops.notify import Notification, channels_from_env, notify
+    from issueops.runs import collect_result
+
+    settings, store = _context()
+    with step_guard(store, run_id, "notify"):
+        result = collect_result(store, run_id)
+        github = _github(settings) if result.issue is not None else None
+        post = (lambda issue, body: github.post_comment(issue, body)[1]) if github else None
+        report = notify(Notification.from_result(result, notification_type), channels_from_env(post_comment=post))
+        RunRecord(store, run_id).write(f"notify-{notification_type}.json", report.to_dict())
+    return report.to_dict()
+
+
+def _local_copy(store: ObjectStore, prefix: str, settings: Settings) -> Path:
+    """A local directory holding the store's `prefix` (the store's own path when it is local)."""
+    from issueops.store import LocalStore
+
+    if isinstance(store, LocalStore):
+        return store.root / prefix
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="issueops-", dir=settings.home if settings.home.exists() else None))
+    for key in store.list(prefix):
+        store.download(key, target / key[len(prefix) + 1 :])
+    return target
+
+
+def _actor() -> str:
+    import os
+
+    return os.environ.get("ISSUEOPS_ACTOR") or "issueops-pipeline"

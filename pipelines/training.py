@@ -7,8 +7,12 @@ from kfp import dsl
 
 from components.evaluate import evaluate
 from components.judge import judge
+from components.notify import notify
 from components.prepare_data import prepare_data
+from components.register import register
+from components.rollback import rollback
 from components.train import train
+from components.write_history import write_history
 from issueops.policy import STEP_POLICIES, retry_backoff
 
 
@@ -43,7 +47,19 @@ def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
         judge(spec_json=spec_json, run_id=run_id, evaluation=evaluated.outputs["evaluation"], attempt=attempt),
         "judge",
     )
-    return verdict.outputs["decision"]
+    decision = verdict.outputs["decision"]
+    with dsl.If(decision == "pass", name="passed"):
+        registered = with_policy(register(run_id=run_id), "register")
+        recorded = with_policy(write_history(run_id=run_id), "write_history").after(registered)
+        with_policy(notify(run_id=run_id, notification_type="training_success"), "notify").after(recorded)
+    with dsl.Elif(decision == "retrain", name="below-threshold"):
+        recorded = with_policy(write_history(run_id=run_id), "write_history")
+        with_policy(notify(run_id=run_id, notification_type="retrain_required"), "notify").after(recorded)
+    with dsl.Else(name="attempts-exhausted"):
+        rolled_back = with_policy(rollback(run_id=run_id), "rollback")
+        recorded = with_policy(write_history(run_id=run_id), "write_history").after(rolled_back)
+        with_policy(notify(run_id=run_id, notification_type="training_failed"), "notify").after(recorded)
+    return decision
 
 
 if __name__ == "__main__":

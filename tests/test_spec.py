@@ -134,3 +134,10 @@ def test_adjusted_hyperparameters_merge_and_validate():
     assert spec.with_hyperparameters({"n_estimators": 200}).hyperparameters["n_estimators"] == 200
     with pytest.raises(SpecError, match="not known"):
         spec.with_hyperparameters({"learning_rate": 0.1})
+
+
+def test_readme_algorithm_table_matches_the_catalog():
+    from issueops.catalog_docs import algorithm_table
+    from tests.conftest import REPO
+
+    assert algorithm_table() in (REPO / "README.md").read_text(), "run: issueops algorithms --markdown"

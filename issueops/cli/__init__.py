@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output-dir", default="build", help="directory for the YAML (default: build)")
     compile_.set_defaults(handler=cmd_compile)
 
+    algorithms = commands.add_parser("algorithms", help="list algorithms, hyperparameters and metrics")
+    algorithms.add_argument("--markdown", action="store_true", help="print the README's table")
+    algorithms.set_defaults(handler=cmd_algorithms)
+
     for add in _extra_commands():
         add(commands)
     return parser
@@ -152,6 +156,19 @@ def render_summary(result) -> str:
         lines.append(f"history    {result.history_path}")
     lines.append(f"artifacts  {result.artifacts.get('model')}")
     return "\n".join(lines)
+
+
+def cmd_algorithms(args) -> int:
+    from issueops.algorithms import ALGORITHMS
+    from issueops.catalog_docs import algorithm_table
+
+    if args.markdown:
+        print(algorithm_table())
+        return 0
+    for algo in ALGORITHMS.values():
+        print(f"{algo.name:<18} {algo.learning_type:<14} {'/'.join(algo.task_types):<26} "
+              f"{', '.join(algo.param_names)}")
+    return 0
 
 
 def cmd_compile(args) -> int:

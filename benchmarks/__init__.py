@@ -1,0 +1,1 @@
+"""`make bench`: each entry prints its figures as ratios against a baseline run in the same command."""

@@ -1,0 +1,13 @@
+from kfp import dsl
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def register(run_id: str) -> str:
+    """Log the attempt to MLflow and register a new model version (auto-approved unless manual)."""
+    import json
+
+    from issueops.steps import register_step
+
+    return json.dumps(register_step(run_id))

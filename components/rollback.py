@@ -1,0 +1,13 @@
+from kfp import dsl
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def rollback(run_id: str) -> str:
+    """Keep production as it was before this request: undo what the request promoted."""
+    import json
+
+    from issueops.steps import rollback_step
+
+    return json.dumps(rollback_step(run_id))

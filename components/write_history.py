@@ -1,0 +1,13 @@
+from kfp import dsl
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def write_history(run_id: str) -> str:
+    """Commit the run's history markdown and plots (local git repository or GitHub)."""
+    import json
+
+    from issueops.steps import write_history_step
+
+    return json.dumps(write_history_step(run_id))
