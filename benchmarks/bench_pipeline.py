@@ -72,13 +72,19 @@ def main() -> None:
             bare_times.append(_timed(bare, env)[0])
     p, b = statistics.median(pipeline_times), statistics.median(bare_times)
     ratios = [a / c for a, c in zip(pipeline_times, bare_times, strict=True)]
-    print(f"   issueops run (breast_cancer, random_forest): {p:.2f} s median of {ROUNDS} ({step_count} steps, decision "
-          f"{result['decision']}, accuracy {result['metrics']['accuracy']:.4f})")
+    print(
+        f"   issueops run (breast_cancer, random_forest): {p:.2f} s median of {ROUNDS} ({step_count} steps, decision "
+        f"{result['decision']}, accuracy {result['metrics']['accuracy']:.4f})"
+    )
     print(f"   bare scikit-learn script, same split:        {b:.2f} s median")
-    print(f"   ratio issueops/bare: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}; "
-          f"target <= {TARGET_RATIO:g})")
-    print(f"   local-runner overhead per step: {statistics.median(overheads):.2f} s "
-          f"(wall time not spent inside a step's own work, divided by {step_count} steps)")
+    print(
+        f"   ratio issueops/bare: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}; "
+        f"target <= {TARGET_RATIO:g})"
+    )
+    print(
+        f"   local-runner overhead per step: {statistics.median(overheads):.2f} s "
+        f"(wall time not spent inside a step's own work, divided by {step_count} steps)"
+    )
 
 
 if __name__ == "__main__":

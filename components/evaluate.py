@@ -22,7 +22,9 @@ def evaluate(
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(name, float(value))
     if "confusion_matrix" in result.details:
-        classification_metrics.log_confusion_matrix(result.details["classes"], result.details["confusion_matrix"])
+        classification_metrics.log_confusion_matrix(
+            result.details["classes"], result.details["confusion_matrix"]
+        )
     curves = list(result.details.get("roc", {}).values())
     if len(curves) == 1:  # KFP's ROC artifact holds one curve: the binary case
         classification_metrics.log_roc_curve(curves[0]["fpr"], curves[0]["tpr"], curves[0]["thresholds"])

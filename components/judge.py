@@ -7,9 +7,9 @@ from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE)
-def judge(
-    spec_json: str, run_id: str, evaluation: Input[Artifact], attempt: int
-) -> NamedTuple("JudgeOutputs", [("decision", str), ("message", str)]):
+def judge(spec_json: str, run_id: str, evaluation: Input[Artifact], attempt: int) -> NamedTuple(
+    "JudgeOutputs", [("decision", str), ("message", str)]
+):
     """pass, retrain or fail, against the spec's threshold and the attempts left."""
     from collections import namedtuple
 

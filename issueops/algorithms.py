@@ -6,7 +6,7 @@ README's algorithm table and operator-comment validation are all derived from it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 LEARNING_TYPES = ("supervised", "unsupervised", "reinforcement")
@@ -108,9 +108,7 @@ class Param:
         return None
 
     def _kind(self) -> str:
-        return {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
-            self.type, self.type
-        )
+        return {"int": "an integer", "float": "a number", "bool": "true or false"}.get(self.type, self.type)
 
     def _range(self) -> str:
         low = "" if self.minimum is None else f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"

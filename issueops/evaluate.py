@@ -32,16 +32,22 @@ class EvaluationResult:
         return cls(**json.loads((Path(directory) / RESULTS).read_text()))
 
 
-def evaluate_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path) -> EvaluationResult:
+def evaluate_model(
+    spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path
+) -> EvaluationResult:
     """Compute the metrics for the spec's task; write results.json and PNG plots into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.learning_type == "supervised":
-        metrics, details, plots = _evaluate_supervised(spec, PreparedData.open(prepared_dir), model_dir, out_dir)
+        metrics, details, plots = _evaluate_supervised(
+            spec, PreparedData.open(prepared_dir), model_dir, out_dir
+        )
     elif spec.learning_type == "unsupervised":
         from issueops.training.unsupervised import evaluate_unsupervised
 
-        metrics, details, plots = evaluate_unsupervised(spec, PreparedData.open(prepared_dir), model_dir, out_dir)
+        metrics, details, plots = evaluate_unsupervised(
+            spec, PreparedData.open(prepared_dir), model_dir, out_dir
+        )
     else:
         from issueops.training.reinforcement import evaluate_reinforcement
 
@@ -102,7 +108,9 @@ def classification_report(model, X, y: np.ndarray, classes: list[str], out_dir: 
                 "support": int(s),
             }
             for i, (p, r, f, s) in enumerate(
-                zip(*skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0), strict=True)
+                zip(
+                    *skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0), strict=True
+                )
             )
         },
     }
@@ -123,7 +131,9 @@ def regression_report(y: np.ndarray, pred: np.ndarray, out_dir: Path):
         "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
         "mae": skm.mean_absolute_error(y, pred),
         # MAPE over rows with a non-zero target, as a fraction; undefined rows are skipped, not infinite.
-        "mape": float(np.mean(np.abs((y[nonzero] - pred[nonzero]) / y[nonzero]))) if nonzero.any() else float("nan"),
+        "mape": float(np.mean(np.abs((y[nonzero] - pred[nonzero]) / y[nonzero])))
+        if nonzero.any()
+        else float("nan"),
     }
     details = {"n_test": int(len(y)), "mape_rows": int(nonzero.sum())}
     return {k: round(float(v), 6) for k, v in result.items()}, details, [_plot_residuals(y, pred, out_dir)]

@@ -31,14 +31,24 @@ def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore) -> Non
 
 
 def start_request(
-    store: ObjectStore, spec: TrainingSpec, *, issue: int | None = None, repository: str | None = None,
-    attempt: int = 1, run_id: str | None = None,
+    store: ObjectStore,
+    spec: TrainingSpec,
+    *,
+    issue: int | None = None,
+    repository: str | None = None,
+    attempt: int = 1,
+    run_id: str | None = None,
 ) -> str:
     run_id = run_id or new_run_id()
     RunRecord(store, run_id).write(
         "request.json",
-        {"spec": spec.to_dict(), "issue": issue, "repository": repository, "attempt": attempt,
-         "started_at": utcnow()},
+        {
+            "spec": spec.to_dict(),
+            "issue": issue,
+            "repository": repository,
+            "attempt": attempt,
+            "started_at": utcnow(),
+        },
     )
     return run_id
 
@@ -92,8 +102,9 @@ def run_local(
         raise InvalidInput(error["problems"][0], problems=error["problems"])
     if result.decision in ("unknown", "error"):
         reason = "; ".join(error["problems"]) if error else "the pipeline stopped without a decision"
-        raise ExternalServiceError(f"Run {run_id} failed in step {error['step'] if error else '?'}: {reason} "
-                                   f"(log: {log_path}).")
+        raise ExternalServiceError(
+            f"Run {run_id} failed in step {error['step'] if error else '?'}: {reason} (log: {log_path})."
+        )
     return result
 
 

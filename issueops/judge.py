@@ -25,12 +25,16 @@ class Judgement:
         return asdict(self)
 
 
-def judge(metric: str, value: float | None, threshold: float | None, *, attempt: int, max_retry: int) -> Judgement:
+def judge(
+    metric: str, value: float | None, threshold: float | None, *, attempt: int, max_retry: int
+) -> Judgement:
     """`attempt` counts from 1; a request may train 1 + max_retry times in all."""
     direction = METRICS[metric]
 
     def verdict(decision: str, message: str) -> Judgement:
-        return Judgement(decision, NEXT_ACTION[decision], message, metric, value, threshold, attempt, max_retry)
+        return Judgement(
+            decision, NEXT_ACTION[decision], message, metric, value, threshold, attempt, max_retry
+        )
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         shown = "could not be computed"

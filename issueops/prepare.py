@@ -72,8 +72,10 @@ def check_dataset(spec: TrainingSpec, settings: Settings, store: ObjectStore) ->
 
     target = None
     if spec.learning_type == "supervised":
-        target = spec.target or loaded.target_hint or next(
-            (c for c in TARGET_CANDIDATES if c in frame.columns), None
+        target = (
+            spec.target
+            or loaded.target_hint
+            or next((c for c in TARGET_CANDIDATES if c in frame.columns), None)
         )
         if target is None:
             problems.append(
@@ -168,7 +170,11 @@ def build_preprocessor(kinds: dict[str, str]):
     transformers = []
     if numeric:
         transformers.append(
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)
+            (
+                "numeric",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric,
+            )
         )
     if categorical:
         transformers.append(
@@ -201,9 +207,13 @@ def prepare_data(spec: TrainingSpec, settings: Settings, store: ObjectStore, out
         )
     else:
         rest = frame
-    val_fraction = spec.validation_size / (1 - spec.test_size) if loaded.test is None else spec.validation_size
+    val_fraction = (
+        spec.validation_size / (1 - spec.test_size) if loaded.test is None else spec.validation_size
+    )
     stratify_rest = rest[target].astype(str) if spec.task_type == "classification" else None
-    train, val = train_test_split(rest, test_size=val_fraction, random_state=spec.seed, stratify=stratify_rest)
+    train, val = train_test_split(
+        rest, test_size=val_fraction, random_state=spec.seed, stratify=stratify_rest
+    )
 
     features = list(report["feature_kinds"])
     preprocessor = build_preprocessor(report["feature_kinds"]).fit(train[features])

@@ -10,9 +10,10 @@ import json
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Iterator
+from typing import Any
 
 from issueops.errors import InvalidInput, IssueOpsError
 from issueops.logs import mask
@@ -109,7 +110,12 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     else:
         record.write(
             f"steps/{name}.json",
-            {"name": name, "status": "done", "seconds": round(time.monotonic() - started, 3), "finished_at": utcnow()},
+            {
+                "name": name,
+                "status": "done",
+                "seconds": round(time.monotonic() - started, 3),
+                "finished_at": utcnow(),
+            },
         )
     finally:
         if previous is not None:
@@ -149,8 +155,18 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         metrics=evaluation.get("metrics", {}),
         data_summary={
             k: metadata[k]
-            for k in ("dataset_id", "source", "num_samples", "num_features", "rows", "target", "classes",
-                      "missing_values", "class_counts", "environment")
+            for k in (
+                "dataset_id",
+                "source",
+                "num_samples",
+                "num_features",
+                "rows",
+                "target",
+                "classes",
+                "missing_values",
+                "class_counts",
+                "environment",
+            )
             if k in metadata
         },
         artifacts=artifacts,

@@ -205,14 +205,20 @@ def validate_spec(doc: Any) -> TrainingSpec:
 
     threshold = doc.get("evaluation_threshold")
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+        ):
             problems.append(f"evaluation_threshold must be a number, got {threshold!r:.40}.")
             threshold = None
         else:
             m = METRICS[metric]
             low, high = m.lower_bound, m.upper_bound
             if (low is not None and threshold < low) or (high is not None and threshold > high):
-                bounds = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+                bounds = (
+                    f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+                )
                 problems.append(
                     f"evaluation_threshold {threshold:g} is outside {bounds}, the range of {metric}."
                 )

@@ -7,7 +7,6 @@ mirrors its output directory into the seed's layout in the object store.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from issueops.config import Settings
@@ -52,7 +51,9 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
     return trained.manifest
 
 
-def evaluate_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str, out_dir: str) -> EvaluationResult:
+def evaluate_step(
+    spec_json: str, run_id: str, processed_dir: str, model_dir: str, out_dir: str
+) -> EvaluationResult:
     from issueops.evaluate import evaluate_model
 
     _, store = _context()
@@ -164,7 +165,9 @@ def notify_step(run_id: str, notification_type: str) -> dict:
         result = collect_result(store, run_id)
         github = _github(settings) if result.issue is not None else None
         post = (lambda issue, body: github.post_comment(issue, body)[1]) if github else None
-        report = notify(Notification.from_result(result, notification_type), channels_from_env(post_comment=post))
+        report = notify(
+            Notification.from_result(result, notification_type), channels_from_env(post_comment=post)
+        )
         RunRecord(store, run_id).write(f"notify-{notification_type}.json", report.to_dict())
     return report.to_dict()
 

@@ -95,7 +95,9 @@ class S3Store:
         self.client = client or boto3.client(
             "s3",
             endpoint_url=endpoint,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -118,7 +120,9 @@ class S3Store:
                 raise NotFound(f"The bucket '{self.bucket}' does not exist.") from None
             raise ExternalServiceError(f"{what}: S3 refused ({code}).", status=None) from None
         except BotoCoreError as exc:
-            raise ExternalServiceError(f"{what}: S3 is unreachable ({type(exc).__name__}).", transient=True) from None
+            raise ExternalServiceError(
+                f"{what}: S3 is unreachable ({type(exc).__name__}).", transient=True
+            ) from None
 
     def exists(self, key: str) -> bool:
         try:

@@ -44,7 +44,9 @@ def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
         "evaluate",
     )
     verdict = with_policy(
-        judge(spec_json=spec_json, run_id=run_id, evaluation=evaluated.outputs["evaluation"], attempt=attempt),
+        judge(
+            spec_json=spec_json, run_id=run_id, evaluation=evaluated.outputs["evaluation"], attempt=attempt
+        ),
         "judge",
     )
     decision = verdict.outputs["decision"]

@@ -22,8 +22,14 @@ def home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("ISSUEOPS_HOME", str(home))
     monkeypatch.setenv("ISSUEOPS_DATA_ROOTS", os.pathsep.join([str(tmp_path), str(REPO)]))
-    for name in ("ISSUEOPS_S3_ENDPOINT", "ISSUEOPS_S3_BUCKET", "MLFLOW_TRACKING_URI", "ISSUEOPS_HISTORY_REPO",
-                 "GITHUB_TOKEN", "GITHUB_REPOSITORY"):
+    for name in (
+        "ISSUEOPS_S3_ENDPOINT",
+        "ISSUEOPS_S3_BUCKET",
+        "MLFLOW_TRACKING_URI",
+        "ISSUEOPS_HISTORY_REPO",
+        "GITHUB_TOKEN",
+        "GITHUB_REPOSITORY",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home
 

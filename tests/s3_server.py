@@ -34,10 +34,22 @@ def seaweedfs(data_dir: Path):
         ports = {name: free_port() for name in ports}
     log = open(data_dir / "weed.log", "wb")
     proc = subprocess.Popen(
-        [binary, "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
-         f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-         f"-filer.port={ports['filer']}", "-volume.max=100", "-master.volumeSizeLimitMB=32"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "server",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-volume.max=100",
+            "-master.volumeSizeLimitMB=32",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     try:
@@ -56,8 +68,14 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen, log: Path, timeout: float
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                          region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

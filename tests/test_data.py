@@ -13,7 +13,9 @@ from issueops.store import LocalStore, S3Store, safe_key
 
 
 def spec_for(dataset_id: str, algorithm="random_forest", extra=""):
-    return parse_issue_body(f"learning_type: supervised\nalgorithm: {algorithm}\ndataset_id: '{dataset_id}'\n{extra}")
+    return parse_issue_body(
+        f"learning_type: supervised\nalgorithm: {algorithm}\ndataset_id: '{dataset_id}'\n{extra}"
+    )
 
 
 def write_csv(path, frame):
@@ -24,12 +26,14 @@ def write_csv(path, frame):
 
 def tabular(rows=60, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "age": rng.integers(18, 80, rows).astype(float),
-        "city": rng.choice(["tokyo", "osaka", "kyoto"], rows),
-        "income": rng.normal(50, 10, rows),
-        "label": rng.choice(["yes", "no"], rows),
-    })
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "city": rng.choice(["tokyo", "osaka", "kyoto"], rows),
+            "income": rng.normal(50, 10, rows),
+            "label": rng.choice(["yes", "no"], rows),
+        }
+    )
 
 
 def test_store_keys_cannot_escape():

@@ -16,8 +16,9 @@ ISSUEOPS = [sys.executable, "-m", "issueops.cli"]
 
 def cli(*args, home: Path, stdin: str | None = None, env: dict | None = None):
     environ = {**os.environ, "ISSUEOPS_HOME": str(home), **(env or {})}
-    return subprocess.run([*ISSUEOPS, *args], capture_output=True, text=True, env=environ, input=stdin,
-                          cwd=REPO, timeout=600)
+    return subprocess.run(
+        [*ISSUEOPS, *args], capture_output=True, text=True, env=environ, input=stdin, cwd=REPO, timeout=600
+    )
 
 
 def test_breast_cancer_random_forest_passes_end_to_end(home):
@@ -29,20 +30,27 @@ def test_breast_cancer_random_forest_passes_end_to_end(home):
     assert result["evaluation_metric"] == "accuracy" and result["threshold"] == 0.9
     run_id = result["run_id"]
     store = home / "store"
-    for key in (f"models/{run_id}/model.joblib", f"evaluations/{run_id}/results.json",
-                f"evaluations/{run_id}/confusion_matrix.png", f"processed/{run_id}/metadata.json"):
+    for key in (
+        f"models/{run_id}/model.joblib",
+        f"evaluations/{run_id}/results.json",
+        f"evaluations/{run_id}/confusion_matrix.png",
+        f"processed/{run_id}/metadata.json",
+    ):
         assert (store / key).exists(), key
     steps = {s["name"]: s["status"] for s in result["steps"]}
     assert {k: steps[k] for k in ("prepare_data", "train", "evaluate", "judge")} == dict.fromkeys(
-        ("prepare_data", "train", "evaluate", "judge"), "done")
+        ("prepare_data", "train", "evaluate", "judge"), "done"
+    )
     assert "Traceback" not in done.stderr
 
 
 def test_xgboost_regression_below_threshold_asks_for_retrain(home, tmp_path):
     body = tmp_path / "issue.md"
-    body.write_text("Train please\n\n```yaml\nlearning_type: supervised\nalgorithm: xgboost\ntask_type: regression\n"
-                    "dataset_id: sklearn:diabetes\nhyperparameters: {n_estimators: 50, max_depth: 3}\n"
-                    "evaluation_threshold: 0.9\n```\n")
+    body.write_text(
+        "Train please\n\n```yaml\nlearning_type: supervised\nalgorithm: xgboost\ntask_type: regression\n"
+        "dataset_id: sklearn:diabetes\nhyperparameters: {n_estimators: 50, max_depth: 3}\n"
+        "evaluation_threshold: 0.9\n```\n"
+    )
     done = cli("run", str(body), "--json", home=home)
     assert done.returncode == 3, done.stderr
     result = json.loads(done.stdout)
@@ -53,8 +61,10 @@ def test_xgboost_regression_below_threshold_asks_for_retrain(home, tmp_path):
 
 def test_human_summary_and_last_attempt_fails(home, tmp_path):
     body = tmp_path / "spec.yaml"
-    body.write_text("learning_type: supervised\nalgorithm: linear_regression\ndataset_id: sklearn:diabetes\n"
-                    "evaluation_metric: rmse\nevaluation_threshold: 10\nmax_retry: 1\n")
+    body.write_text(
+        "learning_type: supervised\nalgorithm: linear_regression\ndataset_id: sklearn:diabetes\n"
+        "evaluation_metric: rmse\nevaluation_threshold: 10\nmax_retry: 1\n"
+    )
     done = cli("run", str(body), "--attempt", "2", home=home)
     assert done.returncode == 4, done.stderr
     assert "decision   FAIL" in done.stdout and "after 2 attempts" in done.stdout
@@ -65,13 +75,24 @@ BAD_BODIES = {
     "malformed-yaml": ("learning_type: supervised\nalgorithm: [oops\n", "not valid YAML"),
     "no-spec": ("Could you train something nice?", "No training spec found"),
     "unknown-algorithm": ("learning_type: supervised\nalgorithm: svm\ndataset_id: sklearn:iris", "svm"),
-    "bad-hyperparameter": ("learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n"
-                           "hyperparameters: {trees: 5}", "not known for random_forest"),
-    "threshold-out-of-range": ("learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n"
-                               "evaluation_threshold: 85", "outside [0, 1]"),
-    "missing-dataset": ("learning_type: supervised\nalgorithm: random_forest\ndataset_id: nope-001", "not found"),
-    "path-traversal": ("learning_type: supervised\nalgorithm: random_forest\ndataset_id: ../../etc/passwd",
-                       "outside the allowed data roots"),
+    "bad-hyperparameter": (
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n"
+        "hyperparameters: {trees: 5}",
+        "not known for random_forest",
+    ),
+    "threshold-out-of-range": (
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n"
+        "evaluation_threshold: 85",
+        "outside [0, 1]",
+    ),
+    "missing-dataset": (
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: nope-001",
+        "not found",
+    ),
+    "path-traversal": (
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: ../../etc/passwd",
+        "outside the allowed data roots",
+    ),
     "oversized": ("learning_type: supervised\n" + "x" * 5_000_000, "64 KiB"),
 }
 
@@ -92,7 +113,9 @@ def test_bad_input_exits_2_with_a_sentence_and_writes_no_model(home, tmp_path, c
 def test_bad_csv_exits_2_without_running(home, tmp_path):
     (tmp_path / "three.csv").write_text("a,b,label\n1,2,x\n3,4,y\n5,6,x\n")
     body = tmp_path / "body.yaml"
-    body.write_text(f"learning_type: supervised\nalgorithm: random_forest\ndataset_id: {tmp_path / 'three.csv'}\n")
+    body.write_text(
+        f"learning_type: supervised\nalgorithm: random_forest\ndataset_id: {tmp_path / 'three.csv'}\n"
+    )
     done = cli("run", str(body), "--json", home=home, env={"ISSUEOPS_DATA_ROOTS": str(tmp_path)})
     assert done.returncode == 2 and "3 usable rows" in done.stderr
     assert not (home / "store" / "models").exists()
@@ -103,7 +126,13 @@ def test_cli_argument_errors(home):
     assert missing.returncode == 2 and "no such file" in missing.stderr
     usage = cli("frobnicate", home=home)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
-    valid = cli("validate", "-", "--json", home=home, stdin=(EXAMPLES / "random_forest_classification.yaml").read_text())
+    valid = cli(
+        "validate",
+        "-",
+        "--json",
+        home=home,
+        stdin=(EXAMPLES / "random_forest_classification.yaml").read_text(),
+    )
     assert valid.returncode == 0 and json.loads(valid.stdout)["algorithm"] == "random_forest"
 
 

@@ -33,8 +33,14 @@ def test_bare_yaml_with_defaults():
 
 
 def test_json_body():
-    body = json.dumps({"learning_type": "supervised", "algorithm": "linear_regression",
-                       "dataset_id": "sklearn:diabetes", "hyperparameters": {"alpha": 0.1}})
+    body = json.dumps(
+        {
+            "learning_type": "supervised",
+            "algorithm": "linear_regression",
+            "dataset_id": "sklearn:diabetes",
+            "hyperparameters": {"alpha": 0.1},
+        }
+    )
     spec = parse_issue_body(body)
     assert spec.task_type == "regression" and spec.evaluation_metric == "r2"
     assert spec.hyperparameters == {"alpha": 0.1}
@@ -46,8 +52,10 @@ def test_fenced_block_inside_markdown():
 
 
 def test_defaults_per_learning_type():
-    kmeans = parse_issue_body("learning_type: unsupervised\nalgorithm: kmeans\ndataset_id: sklearn:iris\n"
-                              "hyperparameters: {k: 3, feature_dim: 4}")
+    kmeans = parse_issue_body(
+        "learning_type: unsupervised\nalgorithm: kmeans\ndataset_id: sklearn:iris\n"
+        "hyperparameters: {k: 3, feature_dim: 4}"
+    )
     assert kmeans.task_type == "clustering" and kmeans.evaluation_metric == "silhouette"
     assert kmeans.hyperparameters["n_clusters"] == 3
     ppo = parse_issue_body("learning_type: reinforcement\nalgorithm: ppo\nenvironment: CartPole-v1")
@@ -57,8 +65,10 @@ def test_defaults_per_learning_type():
 
 
 def test_lower_is_better_metric_accepts_unbounded_threshold():
-    spec = parse_issue_body("learning_type: supervised\nalgorithm: xgboost\ntask_type: regression\n"
-                            "dataset_id: sklearn:diabetes\nevaluation_metric: rmse\nevaluation_threshold: 55")
+    spec = parse_issue_body(
+        "learning_type: supervised\nalgorithm: xgboost\ntask_type: regression\n"
+        "dataset_id: sklearn:diabetes\nevaluation_metric: rmse\nevaluation_threshold: 55"
+    )
     assert spec.evaluation_threshold == 55.0
 
 

@@ -22,12 +22,23 @@ def run_steps(settings, store, tmp_path, body):
 CASES = {
     "rf-classification": ("random_forest", "sklearn:breast_cancer", "", "accuracy", 0.9),
     "xgb-classification": ("xgboost", "sklearn:iris", "", "accuracy", 0.85),
-    "mlp-classification": ("neural_network", "sklearn:wine", "hyperparameters: {epochs: 40}", "accuracy", 0.85),
+    "mlp-classification": (
+        "neural_network",
+        "sklearn:wine",
+        "hyperparameters: {epochs: 40}",
+        "accuracy",
+        0.85,
+    ),
     "linear-regression": ("linear_regression", "sklearn:diabetes", "", "r2", 0.3),
     "ridge-regression": ("linear_regression", "sklearn:diabetes", "hyperparameters: {alpha: 1.0}", "r2", 0.3),
     "xgb-regression": ("xgboost", "sklearn:diabetes", "task_type: regression", "r2", 0.2),
-    "mlp-regression": ("neural_network", "sklearn:diabetes",
-                       "task_type: regression\nhyperparameters: {epochs: 60}", "r2", 0.2),
+    "mlp-regression": (
+        "neural_network",
+        "sklearn:diabetes",
+        "task_type: regression\nhyperparameters: {epochs: 60}",
+        "r2",
+        0.2,
+    ),
 }
 
 
@@ -35,7 +46,10 @@ CASES = {
 def test_supervised_algorithm_trains_and_scores(settings, store, tmp_path, case):
     algorithm, dataset, extra, metric, floor = CASES[case]
     spec, trained, result = run_steps(
-        settings, store, tmp_path, f"learning_type: supervised\nalgorithm: {algorithm}\ndataset_id: {dataset}\n{extra}"
+        settings,
+        store,
+        tmp_path,
+        f"learning_type: supervised\nalgorithm: {algorithm}\ndataset_id: {dataset}\n{extra}",
     )
     assert result.evaluation_metric == metric
     assert result.value >= floor
@@ -63,8 +77,12 @@ def test_model_keeps_its_preprocessing_and_is_deterministic(settings, store, tmp
 
 
 def test_multiclass_auc_is_one_vs_rest(settings, store, tmp_path):
-    _, _, result = run_steps(settings, store, tmp_path,
-                             "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris")
+    _, _, result = run_steps(
+        settings,
+        store,
+        tmp_path,
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris",
+    )
     assert 0.9 <= result.metrics["auc_roc"] <= 1.0
     assert len(result.details["roc"]) == 3
     assert np.array(result.details["confusion_matrix"]).sum() == result.details["n_test"]

@@ -21,7 +21,9 @@ MAX_SPEC_FILE_BYTES = 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"), json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")))
+    configure_logging(
+        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"), json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON"))
+    )
     try:
         return args.handler(args)
     except IssueOpsError as exc:
@@ -34,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line for the user, the traceback only on request
         if os.environ.get("ISSUEOPS_DEBUG"):
             raise
-        print(f"internal error: {mask(f'{type(exc).__name__}: {exc}')} (set ISSUEOPS_DEBUG=1 for details)",
-              file=sys.stderr)
+        print(
+            f"internal error: {mask(f'{type(exc).__name__}: {exc}')} (set ISSUEOPS_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -44,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check an issue body / spec file")
-    validate.add_argument("file", help="issue body: YAML, JSON or markdown with a ```yaml block ('-' for stdin)")
+    validate.add_argument(
+        "file", help="issue body: YAML, JSON or markdown with a ```yaml block ('-' for stdin)"
+    )
     validate.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
     validate.add_argument("--spec-only", action="store_true", help="skip the dataset / environment checks")
     validate.set_defaults(handler=cmd_validate)
@@ -57,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     compile_ = commands.add_parser("compile", help="write the pipeline IR YAML for Kubeflow Pipelines")
-    compile_.add_argument("-o", "--output-dir", default="build", help="directory for the YAML (default: build)")
+    compile_.add_argument(
+        "-o", "--output-dir", default="build", help="directory for the YAML (default: build)"
+    )
     compile_.set_defaults(handler=cmd_compile)
 
     algorithms = commands.add_parser("algorithms", help="list algorithms, hyperparameters and metrics")
@@ -110,8 +118,12 @@ def cmd_validate(args) -> int:
 
         settings = Settings.from_env()
         preflight(spec, settings, open_store(settings))
-    print(spec.to_json() if args.json else f"valid: {spec.learning_type} {spec.algorithm} ({spec.task_type}), "
-          f"metric {spec.evaluation_metric}, threshold {spec.evaluation_threshold}, max_retry {spec.max_retry}")
+    print(
+        spec.to_json()
+        if args.json
+        else f"valid: {spec.learning_type} {spec.algorithm} ({spec.task_type}), "
+        f"metric {spec.evaluation_metric}, threshold {spec.evaluation_threshold}, max_retry {spec.max_retry}"
+    )
     return 0
 
 
@@ -130,8 +142,11 @@ def cmd_run(args) -> int:
             print(f"  {step.name:<14} {step.status}{took}", file=console)
 
     if not args.json:
-        print(f"issueops: training {spec.algorithm} ({spec.task_type}) on "
-              f"{spec.dataset_id or spec.environment}", file=console)
+        print(
+            f"issueops: training {spec.algorithm} ({spec.task_type}) on "
+            f"{spec.dataset_id or spec.environment}",
+            file=console,
+        )
     result = run_local(spec, issue=args.issue, attempt=args.attempt, progress=progress)
     if args.json:
         print(result.to_json())
@@ -146,10 +161,13 @@ def render_summary(result) -> str:
         f"decision   {result.decision.upper()}: {result.message}",
         f"metric     {result.evaluation_metric} = {result.metric_value}"
         + (f" (threshold {result.threshold:g})" if result.threshold is not None else ""),
-        "metrics    " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, (int, float))),
+        "metrics    "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, (int, float))),
     ]
     if result.model_name:
-        lines.append(f"model      {result.model_name} version {result.model_version} ({result.alias or 'no alias'})")
+        lines.append(
+            f"model      {result.model_name} version {result.model_version} ({result.alias or 'no alias'})"
+        )
     if result.endpoint:
         lines.append(f"endpoint   {result.endpoint}")
     if result.history_path:
@@ -166,8 +184,10 @@ def cmd_algorithms(args) -> int:
         print(algorithm_table())
         return 0
     for algo in ALGORITHMS.values():
-        print(f"{algo.name:<18} {algo.learning_type:<14} {'/'.join(algo.task_types):<26} "
-              f"{', '.join(algo.param_names)}")
+        print(
+            f"{algo.name:<18} {algo.learning_type:<14} {'/'.join(algo.task_types):<26} "
+            f"{', '.join(algo.param_names)}"
+        )
     return 0
 
 
