@@ -163,7 +163,10 @@ def notify_step(run_id: str, notification_type: str) -> dict:
     settings, store = _context()
     with step_guard(store, run_id, "notify"):
         result = collect_result(store, run_id)
-        github = _github(settings) if result.issue is not None else None
+        # The question to the operator on retrain is posted by the request's driver (bridge or
+        # operator), which also waits for the answer; here only the other channels hear of it.
+        wants_comment = result.issue is not None and notification_type != "retrain_required"
+        github = _github(settings) if wants_comment else None
         post = (lambda issue, body: github.post_comment(issue, body)[1]) if github else None
         report = notify(
             Notification.from_result(result, notification_type), channels_from_env(post_comment=post)
