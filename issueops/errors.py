@@ -69,7 +69,15 @@ class ExternalServiceError(IssueOpsError):
 
     http_status = 502
 
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.transient = transient
         self.status = status
+        self.retry_after = retry_after
