@@ -62,6 +62,7 @@ def run_local(
     attempt: int = 1,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    checked: bool = False,
 ) -> RunResult:
     """Run the training pipeline with kfp.local.SubprocessRunner and return the attempt's result.
 
@@ -70,7 +71,8 @@ def run_local(
     """
     settings = settings or Settings.from_env()
     store = open_store(settings)
-    preflight(spec, settings, store)
+    if not checked:
+        preflight(spec, settings, store)
     run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
     log_path = settings.home / "logs" / f"{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,3 +156,64 @@ class _StepWatcher(threading.Thread):
         self._halt.set()
         self.join()
         self.poll()
+
+
+def status_sink(settings: Settings, issue: int | None):
+    """Where a request's status goes: its GitHub issue when one is configured, else the log."""
+    from issueops.status import ConsoleSink, GitHubCommentSink
+
+    if issue is not None and settings.github_token and settings.github_repository:
+        from issueops.github import GitHubClient
+
+        return GitHubCommentSink(GitHubClient.from_settings(settings), issue)
+    return ConsoleSink()
+
+
+def run_with_status(
+    spec: TrainingSpec,
+    *,
+    settings: Settings | None = None,
+    issue: int | None = None,
+    repository: str | None = None,
+    attempt: int = 1,
+    sink=None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """run_local with one status comment for the attempt, created at start and edited per step."""
+    from issueops.runs import PIPELINE_STEPS
+    from issueops.status import StatusReport
+
+    settings = settings or Settings.from_env()
+    run_id = new_run_id()
+    target = spec.dataset_id or spec.environment
+    report = StatusReport(
+        sink or status_sink(settings, issue),
+        f"Training {spec.algorithm} on {target} (attempt {attempt})",
+        PIPELINE_STEPS,
+        run_id=run_id,
+    )
+
+    def on_step(step: StepTiming) -> None:
+        if step.status == "running":
+            report.step_started(step.name)
+        else:
+            report.step_finished(step.name, step.status, step.seconds)
+        if progress:
+            progress(step)
+
+    from issueops.store import open_store
+
+    preflight(spec, settings, open_store(settings))  # bad input: no status comment, nothing run
+    report.start()
+    result = run_local(
+        spec,
+        settings=settings,
+        issue=issue,
+        repository=repository or settings.github_repository,
+        attempt=attempt,
+        run_id=run_id,
+        progress=on_step,
+        checked=True,
+    )
+    report.finish(result)
+    return result

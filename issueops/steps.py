@@ -114,7 +114,7 @@ def register_step(run_id: str) -> dict:
             actor=_actor(),
         )
         registration = {
-            "model_name": info.name,
+            "model_name": info.model,
             "version": str(info.version),
             "alias": "production" if "production" in (info.aliases or []) else None,
             "approval_status": info.status,

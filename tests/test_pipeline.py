@@ -155,7 +155,17 @@ def test_compiled_ir_has_every_component_the_condition_and_policies(home, tmp_pa
     assert tasks["prepare-data"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 1
     assert "retryPolicy" not in tasks["judge"]
-    conditions = json.dumps(spec["root"])
-    assert "triggerPolicy" in conditions and "decision" in conditions
+    whole = json.dumps(spec)
+    for name in ("register", "write-history", "notify", "rollback"):
+        assert f"exec-{name}" in executors
+    conditions = [c["triggerPolicy"]["condition"] for c in _tasks(spec) if "triggerPolicy" in c]
+    assert any("'pass'" in c for c in conditions) and any("'retrain'" in c for c in conditions)
+    assert "decision" in whole
     timeouts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert timeouts["exec-train"]["activeDeadlineSeconds"] == "3600"
+
+
+def _tasks(spec: dict) -> list[dict]:
+    """Every task of the compiled pipeline, in the root DAG and in the condition sub-DAGs."""
+    dags = [spec["root"]] + list(spec["components"].values())
+    return [task for dag in dags for task in dag.get("dag", {}).get("tasks", {}).values()]

@@ -128,7 +128,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from issueops.execution import run_local
+    from issueops.execution import run_with_status
     from issueops.spec import parse_issue_body
 
     spec = parse_issue_body(read_body(args.file))
@@ -147,7 +147,7 @@ def cmd_run(args) -> int:
             f"{spec.dataset_id or spec.environment}",
             file=console,
         )
-    result = run_local(spec, issue=args.issue, attempt=args.attempt, progress=progress)
+    result = run_with_status(spec, issue=args.issue, attempt=args.attempt, progress=progress)
     if args.json:
         print(result.to_json())
     else:
