@@ -1,0 +1,72 @@
+"""Issue 3's end-to-end: two passing runs, then a failing request, reported on a GitHub issue.
+
+Real MLflow on SQLite, a real local git repository for history, the GitHub double for the issue,
+and the CLI as a user runs it.
+"""
+
+import json
+
+import pytest
+
+from issueops.config import Settings
+from issueops.registry import Registry
+from issueops.status import STATUS_MARKER
+from tests.github_double import GitHubDouble
+from tests.test_pipeline import cli
+
+PASSING = (
+    "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:breast_cancer\n"
+    "model_name: cancer-rf\nhyperparameters: {{n_estimators: {trees}}}\nevaluation_threshold: 0.9\n"
+)
+FAILING = (
+    "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:breast_cancer\n"
+    "model_name: cancer-rf\nhyperparameters: {n_estimators: 1, max_depth: 1}\n"
+    "evaluation_threshold: 0.999\nmax_retry: 0\n"
+)
+TOKEN = "ghp_" + "S3cr3tT0kenValue" * 2
+
+
+@pytest.fixture
+def github():
+    with GitHubDouble(token=TOKEN) as double:
+        yield double
+
+
+def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, github):
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": github.full_name, "GITHUB_API_URL": github.url}
+    results, issues = [], []
+    for name, body in (
+        ("first", PASSING.format(trees=50)),
+        ("second", PASSING.format(trees=80)),
+        ("bad", FAILING),
+    ):
+        issue = github.create_issue(f"Train {name}", body=body, labels=["mlops:train"])
+        issues.append(issue)
+        (tmp_path / f"{name}.yaml").write_text(body)
+        done = cli("run", str(tmp_path / f"{name}.yaml"), "--json", "--issue", str(issue), home=home, env=env)
+        assert done.returncode == (4 if name == "bad" else 0), done.stderr
+        assert TOKEN not in done.stderr + done.stdout
+        results.append(json.loads(done.stdout))
+
+    assert [r["decision"] for r in results] == ["pass", "pass", "fail"]
+    registry = Registry.from_settings(Settings.from_env())
+    production = registry.production("cancer-rf")
+    assert production.version == 2 and production.run_id == results[1]["run_id"]
+    actions = [(a.action, a.from_version, a.to_version) for a in registry.history("cancer-rf")]
+    assert ("promote", None, 1) in actions and ("promote", 1, 2) in actions
+    assert not any(a[0] == "rollback" and a[2] != 2 for a in actions)  # the failure changed nothing
+
+    # With GitHub configured, history is committed to the repository: one commit per run.
+    files = github.files()
+    history = sorted(p for p in files if p.startswith("training_history/train-") and p.endswith(".md"))
+    assert len(history) == 3, sorted(files)
+    assert {p.rsplit("-", 1)[1].removesuffix(".md") for p in history} == {str(i) for i in issues}
+    assert "cancer-rf" in files[history[1]].decode()
+    assert len([c for c in github.log() if "history: run" in c.message]) == 3
+
+    for issue, result in zip(issues, results, strict=True):
+        comments = [c.body for c in github.comments_on(issue)]
+        status = [c for c in comments if STATUS_MARKER in c]
+        assert len(status) == 1, comments  # edited in place, never one per step
+        assert result["decision"] in status[0] and "- [x] judge" in status[0]
+        assert len(comments) == 2  # the status comment and the final summary
