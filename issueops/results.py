@@ -37,6 +37,7 @@ class RunResult:
     started_at: str | None = None
     finished_at: str | None = None
     steps: list[StepTiming] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -181,6 +181,9 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         started_at=request.get("started_at"),
         finished_at=judgement.get("time"),
         steps=record.steps(),
+        warnings=[f"step {error['step']} failed: {'; '.join(error['problems'])}"]
+        if error and judgement
+        else [],
     )
 
 

@@ -49,6 +49,9 @@ def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, gith
         results.append(json.loads(done.stdout))
 
     assert [r["decision"] for r in results] == ["pass", "pass", "fail"]
+    assert all(r["warnings"] == [] for r in results)
+    for log in (home / "logs").glob("*.log"):  # the runner's and every step's output
+        assert TOKEN not in log.read_text()
     registry = Registry.from_settings(Settings.from_env())
     production = registry.production("cancer-rf")
     assert production.version == 2 and production.run_id == results[1]["run_id"]
@@ -70,3 +73,20 @@ def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, gith
         assert len(status) == 1, comments  # edited in place, never one per step
         assert result["decision"] in status[0] and "- [x] judge" in status[0]
         assert len(comments) == 2  # the status comment and the final summary
+
+
+def test_github_failing_while_committing_history_leaves_the_registry_right(home, tmp_path, github):
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": github.full_name, "GITHUB_API_URL": github.url}
+    github.inject("POST /repos/{owner}/{repo}/git/trees", 502, times=100)
+    issue = github.create_issue("Train", labels=["mlops:train"])
+    (tmp_path / "spec.yaml").write_text(PASSING.format(trees=30))
+    done = cli("run", str(tmp_path / "spec.yaml"), "--json", "--issue", str(issue), home=home, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["decision"] == "pass"
+    assert any("write_history" in w and "502" in w for w in result["warnings"]), result["warnings"]
+    assert "warning: step write_history failed" in done.stderr
+    production = Registry.from_settings(Settings.from_env()).production("cancer-rf")
+    assert production.version == 1 and production.run_id == result["run_id"]
+    assert not [p for p in github.files() if p.startswith("training_history/")]
+    assert TOKEN not in done.stderr + done.stdout

@@ -148,6 +148,8 @@ def cmd_run(args) -> int:
             file=console,
         )
     result = run_with_status(spec, issue=args.issue, attempt=args.attempt, progress=progress)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=console)
     if args.json:
         print(result.to_json())
     else:
