@@ -81,7 +81,8 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     policy = STEP_POLICIES.get(name)
 
     def on_timeout(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise StepTimeout(f"Step {name} ran past its {policy.timeout_s // 60}-minute limit.")
+        limit = f"{policy.timeout_s // 60}-minute" if policy.timeout_s >= 60 else f"{policy.timeout_s}-second"
+        raise StepTimeout(f"Step {name} ran past its {limit} limit.")
 
     previous = None
     if policy:

@@ -1,0 +1,47 @@
+"""The run record: step states, errors, retries of bad input, and the step timeout."""
+
+import time
+
+import pytest
+
+from issueops.errors import DatasetError, InvalidInput
+from issueops.policy import STEP_POLICIES, StepPolicy
+from issueops.runs import RunRecord, StepTimeout, collect_result, new_run_id, step_guard
+
+
+def test_run_ids_follow_the_seed_and_never_collide():
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(i.startswith("train-") and len(i.split("-")) == 4 for i in ids)
+
+
+def test_step_guard_records_done_and_failed(store):
+    with step_guard(store, "run-1", "prepare_data"):
+        pass
+    with pytest.raises(RuntimeError), step_guard(store, "run-1", "train"):
+        raise RuntimeError("disk full")
+    record = RunRecord(store, "run-1")
+    assert [(s.name, s.status) for s in record.steps()] == [("prepare_data", "done"), ("train", "failed")]
+    assert record.error()["problems"] == ["RuntimeError: disk full"]
+
+
+def test_a_retry_of_bad_input_fails_at_once_with_the_same_reason(store):
+    calls = []
+    for _ in range(3):
+        with pytest.raises(InvalidInput, match="3 usable rows"), step_guard(store, "run-2", "prepare_data"):
+            calls.append(1)
+            raise DatasetError("the dataset has 3 usable rows; at least 20 are needed.")
+    assert calls == [1]  # the work ran once; the retries did not repeat it
+
+
+def test_step_timeout_is_enforced_locally(store, monkeypatch):
+    monkeypatch.setitem(STEP_POLICIES, "judge", StepPolicy(timeout_s=1, retries=0))
+    started = time.monotonic()
+    with pytest.raises(StepTimeout, match="1-second limit"), step_guard(store, "run-3", "judge"):
+        time.sleep(5)
+    assert time.monotonic() - started < 3
+
+
+def test_collect_result_from_an_empty_record(store):
+    result = collect_result(store, "run-4")
+    assert result.decision == "unknown" and result.steps == []
