@@ -1,0 +1,351 @@
+"""The local V2 endpoint: KServe's REST and gRPC servers over ONNX Runtime, following `production`.
+
+A reloader asks the registry, every few seconds, which version each model's `production` alias
+points at. A new version is fetched from the object store (its packaged Triton repository),
+checked (digests, ONNX Runtime load, one sample row) and swapped in without a restart; if any
+check fails the version is refused, the previous one keeps serving, and it is tried again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from issueops import triton
+from issueops.config import Settings
+from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
+from issueops.store import ObjectStore, open_store
+
+log = logging.getLogger("issueops.serving")
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_POLL_S = 2.0
+RETRY_REFUSED_S = 10.0
+
+
+def _import_kserve():
+    """Import kserve's server modules; kserve.model_server parses sys.argv at import, so hide ours."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        import kserve.model_server  # noqa: F401
+        from kserve.model_repository import ModelRepository
+        from kserve.protocol.dataplane import DataPlane
+        from kserve.protocol.grpc.server import GRPCServer
+        from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+        from kserve.protocol.rest.server import RESTServer
+    finally:
+        sys.argv = saved
+    return ModelRepository, DataPlane, GRPCServer, ModelRepositoryExtension, RESTServer
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Conflict when something already listens on host:port (before any server starts)."""
+    if not 0 < port < 65536:
+        raise InvalidInput(f"{what} port {port} is not a TCP port (1-65535).")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                reason = "already in use" if exc.errno == errno.EADDRINUSE else "not allowed for this user"
+                flag = "--port" if what == "HTTP" else "--grpc-port"
+                raise Conflict(
+                    f"{what} port {port} on {host} is {reason}; choose another with {flag}."
+                ) from None
+            raise InvalidInput(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+
+
+class RegistrySource:
+    """Which version is in production, per model, from the MLflow registry (cheap to ask often)."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def production(self, names: list[str] | None) -> dict[str, int | None]:
+        if names is None:
+            return {m.name: m.production for m in self.registry.list_models() if m.production is not None}
+        found = {}
+        for name in names:
+            info = self.registry.production(name)
+            found[name] = info.version if info else None
+        return found
+
+
+@dataclass
+class Refusal:
+    version: int
+    reason: str
+    at: float = field(default_factory=time.monotonic)
+
+
+class Reloader:
+    """Keeps each served model on its production version."""
+
+    def __init__(
+        self,
+        repository,
+        source,
+        store: ObjectStore,
+        cache: Path,
+        *,
+        names: list[str] | None,
+        poll_s: float = DEFAULT_POLL_S,
+        threads: int = 1,
+        on_change: Callable[[str, int | None, int], None] | None = None,
+    ):
+        self.repository, self.source, self.store, self.cache = repository, source, store, Path(cache)
+        self.names, self.poll_s, self.threads, self.on_change = names, poll_s, threads, on_change
+        self.refused: dict[str, Refusal] = {}
+        self.retry_s = float(os.environ.get("ISSUEOPS_SERVE_RETRY_S", RETRY_REFUSED_S))
+
+    def load(self, model: str, version: int):
+        """Fetch, verify and load one version (blocking: run it in a worker thread)."""
+        from issueops.serving.model import LoadedVersion
+
+        target = self.cache / model / str(version)
+        shutil.rmtree(target, ignore_errors=True)
+        triton.fetch_model(self.store, model, version, target)
+        return LoadedVersion.load(target, model, version, threads=self.threads)
+
+    async def sync(self) -> None:
+        """One poll: move every model whose production alias moved (refusals are retried later)."""
+        from issueops.serving.model import ServedModel
+
+        loop = asyncio.get_running_loop()
+        wanted = await loop.run_in_executor(None, self.source.production, self.names)
+        for name, version in wanted.items():
+            served = self.repository.get_model(name)
+            current = served.current.version if served is not None and served.current else None
+            if version is None or version == current:
+                continue
+            refusal = self.refused.get(name)
+            if refusal and refusal.version == version and time.monotonic() - refusal.at < self.retry_s:
+                continue
+            try:
+                loaded = await loop.run_in_executor(None, self.load, name, version)
+            except IssueOpsError as exc:
+                if not refusal or refusal.version != version or refusal.reason != str(exc):
+                    keeps = f"version {current} keeps serving" if current else "nothing is served for it yet"
+                    log.error("refused version %s of %s (%s); %s", version, name, exc, keeps)
+                self.refused[name] = Refusal(version, str(exc))
+                continue
+            self.refused.pop(name, None)
+            if served is None:
+                served = ServedModel(name)
+                self.repository.update(served)
+            previous = served.swap(loaded)
+            log.warning("serving %s version %s%s", name, version, f" (was {current})" if current else "")
+            if self.on_change:
+                self.on_change(name, current, version)
+            if previous is not None:
+                await previous.batcher.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except IssueOpsError as exc:  # the registry is unreachable: keep serving, ask again
+                log.error("could not read the production versions: %s", exc)
+            await asyncio.sleep(self.poll_s)
+
+
+def serve(
+    model: str | None = None,
+    *,
+    port: int = DEFAULT_HTTP_PORT,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    host: str = "127.0.0.1",
+    poll_s: float | None = None,
+    settings: Settings | None = None,
+    source=None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the production version of `model` (or of every registered model) until SIGINT/SIGTERM.
+
+    Raises Conflict for a port in use, NotFound when `model` has no production version that can
+    be served, before anything listens.
+    """
+    settings = settings or Settings.from_env()
+    if port == grpc_port:
+        raise InvalidInput("The HTTP and gRPC ports must differ.")
+    check_port_free(host, port, "HTTP")
+    check_port_free(host, grpc_port, "gRPC")
+    store = open_store(settings)
+    if source is None:
+        from issueops.registry import Registry
+
+        source = RegistrySource(Registry.from_settings(settings))
+    poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))
+    ModelRepository, DataPlane, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
+    _quiet_kserve()
+    repository = ModelRepository()
+    reloader = Reloader(
+        repository,
+        source,
+        store,
+        settings.home / "serving",
+        names=[model] if model else None,
+        poll_s=poll_s,
+        threads=int(os.environ.get("ISSUEOPS_SERVE_THREADS", "1")),
+    )
+
+    async def main() -> None:
+        await reloader.sync()
+        if model and repository.get_model(model) is None:
+            refusal = reloader.refused.get(model)
+            raise (
+                InvalidInput(refusal.reason)
+                if refusal
+                else NotFound(f"{model} has no production version to serve.")
+            )
+        dataplane = _VersionedDataPlane(repository)
+        extension = ModelRepositoryExtension(model_registry=repository)
+        rest = RESTServer("kserve.model_server:app", dataplane, extension, port, workers=1, grace_period=2)
+        rest.config.host = host
+        rest.config.access_log = False
+        grpc = _grpc_server(GRPCServer)(
+            host, grpc_port, dataplane, extension, kwargs=_grpc_options(), grace_period=2
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(rest.start()), asyncio.create_task(grpc.start(4))]
+        reload_task = asyncio.create_task(reloader.run())
+        waiter = asyncio.create_task(stop.wait())
+        await _until_listening(host, port, grpc_port, tasks)
+        served = (
+            ", ".join(f"{n} v{m.current.version}" for n, m in repository.get_models().items())
+            or "nothing yet"
+        )
+        if ready:
+            ready(f"serving {served} on http://{host}:{port} and grpc {host}:{grpc_port}")
+        await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        reload_task.cancel()
+        rest._server.should_exit = True
+        await grpc.stop()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)
+        for name in list(repository.get_models()):
+            current = repository.get_model(name).current
+            if current:
+                await current.batcher.close()
+
+    asyncio.run(main())
+
+
+async def _until_listening(host: str, port: int, grpc_port: int, tasks) -> None:
+    """Wait until both servers accept connections (or one of them failed to start)."""
+    for _ in range(200):
+        if any(t.done() for t in tasks):
+            for t in tasks:
+                if t.done() and t.exception():
+                    raise Conflict(f"The server could not start: {t.exception()}")
+            raise Conflict(f"The server stopped while starting (is port {port} or {grpc_port} taken?).")
+        if await asyncio.to_thread(_accepts, host, port) and await asyncio.to_thread(
+            _accepts, host, grpc_port
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+def _accepts(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _grpc_options() -> dict:
+    from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
+
+    return {
+        "grpc_max_send_message_length": MAX_GRPC_MESSAGE_LENGTH,
+        "grpc_max_receive_message_length": MAX_GRPC_MESSAGE_LENGTH,
+    }
+
+
+def _grpc_server(base):
+    """kserve's GRPCServer listening on the given host (it binds every interface otherwise)."""
+
+    class HostGRPCServer(base):
+        def __init__(self, host: str, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._host = host
+
+        async def start(self, max_workers):
+            from concurrent import futures
+
+            from grpc import aio
+            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+            from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+            from kserve.protocol.grpc.servicer import InferenceServicer
+
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(ExceptionToStatusInterceptor(),),
+                options=[(f"grpc.{k[len('grpc_') :]}", v) for k, v in self._kwargs.items()],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            )
+            self._server.add_insecure_port(f"{self._host}:{self._port}")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return HostGRPCServer
+
+
+class _VersionedDataPlane:
+    """kserve's DataPlane with the served version and platform in the model metadata."""
+
+    def __new__(cls, repository):
+        from kserve.protocol.dataplane import DataPlane
+
+        class VersionedDataPlane(DataPlane):
+            async def model_metadata(self, model_name: str) -> dict:
+                metadata = await super().model_metadata(model_name)
+                current = getattr(self.get_model_from_registry(model_name), "current", None)
+                if current is not None:
+                    metadata["versions"] = [str(current.version)]
+                    metadata["platform"] = "onnxruntime_onnx"
+                return metadata
+
+        return VersionedDataPlane(model_registry=repository)
+
+
+class _ClientErrors(logging.Filter):
+    """kserve logs a client's bad request with a traceback at ERROR; the client already got a 400/404."""
+
+    CLIENT_ERRORS = ("kserve.errors.InvalidInput", "kserve.errors.ModelNotFound")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # issueops.logs has already turned exc_info into (masked) exc_text; its last line names the class.
+        last = (record.exc_text or "").rstrip().rsplit("\n", 1)[-1]
+        return not last.startswith(self.CLIENT_ERRORS)
+
+
+def _quiet_kserve() -> None:
+    """One log line per request costs more than the request; keep warnings and errors only."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="fastapi")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("kserve").addFilter(_ClientErrors())
+    if not logging.getLogger("issueops").handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

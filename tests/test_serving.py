@@ -1,0 +1,334 @@
+"""The local V2 endpoint, for real: trained and registered models (MLflow on SQLite), packaged to
+the object store, served by `issueops serve` in its own process and queried with tritonclient
+over HTTP and gRPC. Production moves (rollback, approve) while it serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+SERVE = [sys.executable, "-m", "issueops.cli.serving"]
+RF = "bc-rf"
+MLP = "wine-mlp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_and_register(body: str) -> dict:
+    """The pipeline's own steps, without KFP: prepare, train, evaluate, judge, register."""
+    from issueops.config import Settings
+    from issueops.execution import start_request
+    from issueops.runs import new_run_id
+    from issueops.spec import parse_issue_body
+    from issueops.steps import evaluate_step, judge_step, prepare_data_step, register_step, train_step
+    from issueops.store import open_store
+
+    spec = parse_issue_body(body)
+    settings = Settings.from_env()
+    run_id = start_request(open_store(settings), spec, run_id=new_run_id())
+    work = settings.home / "work" / run_id
+    spec_json = spec.to_json()
+    prepare_data_step(spec_json, run_id, str(work / "p"))
+    train_step(spec_json, run_id, str(work / "p"), str(work / "m"))
+    evaluate_step(spec_json, run_id, str(work / "p"), str(work / "m"), str(work / "e"))
+    assert judge_step(spec_json, run_id, str(work / "e"), 1).decision == "pass"
+    registration = register_step(run_id)
+    return {"run_id": run_id, **registration}
+
+
+RF_BODY = (
+    "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:breast_cancer\n"
+    "model_name: bc-rf\nevaluation_threshold: 0.8\nhyperparameters: {{n_estimators: {n}, max_depth: 6}}\n{extra}"
+)
+MLP_BODY = (
+    "learning_type: supervised\nalgorithm: neural_network\ndataset_id: sklearn:wine\nmodel_name: wine-mlp\n"
+    "evaluation_threshold: 0.7\nhyperparameters: {epochs: 30}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two production models (the forest at version 2 of 2), packaged, and a registry handle."""
+    home = tmp_path_factory.mktemp("serving-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ISSUEOPS_HOME", str(home))
+        patch.setenv("ISSUEOPS_DATA_ROOTS", str(REPO))
+        for name in (
+            "ISSUEOPS_S3_ENDPOINT",
+            "ISSUEOPS_S3_BUCKET",
+            "MLFLOW_TRACKING_URI",
+            "ISSUEOPS_MANUAL_APPROVAL",
+        ):
+            patch.delenv(name, raising=False)
+        from issueops.packaging import package_step
+        from issueops.registry import Registry
+
+        runs = {
+            "rf1": train_and_register(RF_BODY.format(n=10, extra="")),
+            "rf2": train_and_register(RF_BODY.format(n=30, extra="")),
+            "mlp1": train_and_register(MLP_BODY),
+        }
+        for key in runs:
+            package_step(runs[key]["run_id"])
+        yield {"home": home, "runs": runs, "registry": Registry.from_settings()}
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    http, grpc = free_port(), free_port()
+    env = {
+        **os.environ,
+        "ISSUEOPS_HOME": str(world["home"]),
+        "ISSUEOPS_SERVE_POLL_S": "0.3",
+        "ISSUEOPS_SERVE_RETRY_S": "0.5",
+    }
+    log = open(world["home"] / "serve.log", "w")  # noqa: SIM115 - kept open for the process
+    process = subprocess.Popen(
+        [*SERVE, "serve", "--port", str(http), "--grpc-port", str(grpc)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    line = process.stdout.readline()
+    assert line.startswith("serving"), (line, (world["home"] / "serve.log").read_text())
+    yield {
+        "http": f"127.0.0.1:{http}",
+        "grpc": f"127.0.0.1:{grpc}",
+        "process": process,
+        "log": world["home"] / "serve.log",
+        "ports": (http, grpc),
+    }
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+def features_of(world, run_key: str) -> pd.DataFrame:
+    home, run_id = world["home"], world["runs"][run_key]["run_id"]
+    table = pd.read_parquet(home / "store" / "processed" / run_id / "test.parquet")
+    return table.drop(columns="target")
+
+
+def http_infer(url: str, model: str, array: np.ndarray, datatype: str, name: str = "input"):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer(model, [tensor])
+
+
+def grpc_infer(url: str, model: str, array: np.ndarray, datatype: str, name: str = "input"):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer(model, [tensor])
+
+
+def served_version(server, model: str, array, datatype) -> str:
+    return http_infer(server["http"], model, array, datatype).get_response()["model_version"]
+
+
+def wait_for_version(server, model, array, datatype, version: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = served_version(server, model, array, datatype)
+        if seen == version:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def test_random_forest_answers_over_http_and_grpc_like_the_model(world, server):
+    from issueops.training import load_model
+
+    features = features_of(world, "rf2")
+    model = load_model(world["home"] / "store" / "models" / world["runs"]["rf2"]["run_id"])
+    rows = features.to_numpy(np.float64)
+    for infer in (http_infer, grpc_infer):
+        result = infer(server["http"] if infer is http_infer else server["grpc"], RF, rows, "FP64")
+        assert np.array_equal(result.as_numpy("label"), model.predict(features))
+        assert np.abs(result.as_numpy("probabilities") - model.predict_proba(features)).max() < 1e-4
+    grpc_response = grpc_infer(server["grpc"], RF, rows[:3], "FP64").get_response()
+    assert grpc_response.model_version == "2"
+    assert http_infer(server["http"], RF, rows[:3], "FP64").get_response()["model_version"] == "2"
+
+
+def test_mlp_answers_over_http_and_grpc_like_the_model(world, server):
+    from issueops.training import load_model
+
+    features = features_of(world, "mlp1")
+    model = load_model(world["home"] / "store" / "models" / world["runs"]["mlp1"]["run_id"])
+    rows = features.to_numpy(np.float32)
+    http = http_infer(server["http"], MLP, rows, "FP32")
+    grpc = grpc_infer(server["grpc"], MLP, rows, "FP32")
+    for result in (http, grpc):
+        assert np.array_equal(result.as_numpy("label"), model.predict(features))
+        assert np.abs(result.as_numpy("probabilities") - model.predict_proba(features)).max() < 1e-4
+    assert grpc.get_response().model_version == "1"
+
+
+def test_health_and_metadata_over_http_and_grpc(server):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(server["http"])
+    grpc = grpcclient.InferenceServerClient(server["grpc"])
+    assert http.is_server_live() and http.is_server_ready() and http.is_model_ready(MLP)
+    assert grpc.is_server_live() and grpc.is_server_ready() and grpc.is_model_ready(RF)
+    metadata = http.get_model_metadata(MLP)
+    assert metadata["platform"] == "onnxruntime_onnx" and metadata["versions"] == ["1"]
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 13]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
+    grpc_metadata = grpc.get_model_metadata(RF)
+    assert [(i.name, i.datatype, list(i.shape)) for i in grpc_metadata.inputs] == [
+        ("input", "FP64", [-1, 30])
+    ]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(world, server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = features_of(world, "rf2").to_numpy(np.float64)
+    single = [
+        http_infer(server["http"], RF, rows[i : i + 1], "FP64").as_numpy("probabilities") for i in range(16)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(
+                lambda i: http_infer(server["http"], RF, rows[i : i + 1], "FP64").as_numpy("probabilities"),
+                range(16),
+            )
+        )
+    assert all(np.array_equal(a, b) for a, b in zip(single, together, strict=True))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_requests_are_refused_with_a_reason(world, server, protocol):
+    from tritonclient.utils import InferenceServerException
+
+    infer = http_infer if protocol == "http" else grpc_infer
+    url = server[protocol]
+    bad_request = "400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    cases = [
+        (dict(array=rows.astype(np.float32), datatype="FP32"), "must be FP64, not FP32"),
+        (dict(array=rows[:, :5], datatype="FP64"), "must have shape [-1, 30]"),
+        (dict(array=rows, datatype="FP64", name="features"), "has no input named 'features'"),
+    ]
+    for kwargs, reason in cases:
+        with pytest.raises(InferenceServerException) as refused:
+            infer(url, RF, **kwargs)
+        assert bad_request in str(refused.value.status()) and reason in refused.value.message()
+    with pytest.raises(InferenceServerException) as unknown:
+        infer(url, "no-such-model", rows, "FP64")
+    assert str(unknown.value.status()) in ("404", "StatusCode.NOT_FOUND")
+
+
+def test_port_in_use_is_a_clear_error(world, server):
+    http, _ = server["ports"]
+    done = subprocess.run(
+        [*SERVE, "serve", "--port", str(http), "--grpc-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"HTTP port {http} on 127.0.0.1 is already in use; choose another with --port." in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_rollback_and_approvals_move_the_served_version_without_restart(world, server):
+    """Rollback to 1; a corrupt version 3 and an unpackaged version 4 are refused while 1 keeps
+    serving; packaging 4 lets it in. The server process is the same throughout."""
+    from issueops.packaging import package_step
+
+    registry, store_root = world["registry"], world["home"] / "store"
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:4]
+    pid = server["process"].pid
+    assert served_version(server, RF, rows, "FP64") == "2"
+
+    registry.rollback_production(RF, actor="test", reason="rollback on the issue")
+    assert wait_for_version(server, RF, rows, "FP64", "1") == "1"
+
+    manual = "manual_approval: true\n"
+    third = train_and_register(RF_BODY.format(n=12, extra=manual))
+    fourth = train_and_register(RF_BODY.format(n=14, extra=manual))
+    assert (third["version"], fourth["version"]) == ("3", "4")
+    package_step(third["run_id"])
+    onnx_file = store_root / "triton" / RF / "3" / "cpu" / RF / "3" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])  # truncated in the store
+
+    registry.approve(RF, 3, "test")
+    time.sleep(2)
+    assert served_version(server, RF, rows, "FP64") == "1"
+    registry.approve(RF, 4, "test")  # never packaged
+    time.sleep(2)
+    assert served_version(server, RF, rows, "FP64") == "1"
+    log = server["log"].read_text()
+    assert "refused version 3 of bc-rf" in log and "is corrupt" in log
+    assert "refused version 4 of bc-rf" in log and "is not packaged" in log
+
+    package_step(fourth["run_id"])
+    assert wait_for_version(server, RF, rows, "FP64", "4") == "4"
+    assert server["process"].poll() is None and server["process"].pid == pid
+
+
+def test_package_cli_writes_a_triton_repository(world, tmp_path):
+    done = subprocess.run(
+        [*SERVE, "package", MLP, "--repo", str(tmp_path / "repo"), "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["version"] == 1 and result["export"]["parity"]["labels_identical"] is True
+    assert (tmp_path / "repo" / MLP / "config.pbtxt").is_file()
+    assert (tmp_path / "repo" / MLP / "1" / "model.onnx").is_file()
+    missing = subprocess.run(
+        [*SERVE, "package", "no-such-model"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "no-such-model has no production version" in missing.stderr
+
+
+def test_deploy_step_records_the_local_endpoint(world):
+    from issueops.config import Settings
+    from issueops.packaging import deploy_step
+    from issueops.runs import RunRecord, collect_result
+    from issueops.store import open_store
+
+    run_id = world["runs"]["mlp1"]["run_id"]
+    serving = deploy_step(run_id)
+    assert serving["endpoint"] == "http://127.0.0.1:8000/v2/models/wine-mlp" and serving["version"] == 1
+    store = open_store(Settings.from_env())
+    assert RunRecord(store, run_id).read("serving.json")["endpoint"] == serving["endpoint"]
+    assert collect_result(store, run_id).endpoint == serving["endpoint"]
