@@ -1,0 +1,147 @@
+"""The bridge's durable inbox: every accepted delivery, de-duplicated, until it has been handled.
+
+A delivery is written here before GitHub gets its answer, keyed by X-GitHub-Delivery, so a
+redelivered event starts nothing new and a restart resumes what was queued. The poller keeps its
+cursors and ETags in the same SQLite file (ISSUEOPS_HOME/bridge.db).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUEUED, DONE, FAILED = "queued", "done", "failed"
+KEEP_DELIVERIES = 100_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    payload BLOB,
+    note TEXT,
+    not_before REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, received_at);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    event: str
+    payload: dict[str, Any]
+
+
+class Inbox:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+
+    @classmethod
+    def for_home(cls, home: Path) -> Inbox:
+        return cls(Path(home) / "bridge.db")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def accept(self, delivery_id: str, event: str, payload: bytes) -> bool:
+        """Queue a delivery; False when this delivery id was seen before (nothing is queued)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO deliveries (id, event, received_at, state, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (delivery_id, event, time.time(), QUEUED, payload),
+            )
+            accepted = cursor.rowcount == 1
+        if accepted:
+            self.wake.set()
+        return accepted
+
+    def seen(self, delivery_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return row is not None
+
+    def queued(self, limit: int = 100) -> list[Delivery]:
+        """Deliveries still to handle, oldest first, skipping those told to wait."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, event, payload FROM deliveries WHERE state = ? AND not_before <= ? "
+                "ORDER BY received_at, rowid LIMIT ?",
+                (QUEUED, time.time(), limit),
+            ).fetchall()
+        out = []
+        for ident, event, payload in rows:
+            try:
+                data = json.loads(payload)
+            except (TypeError, ValueError):
+                self.finish(ident, FAILED, "payload is not JSON")
+                continue
+            out.append(Delivery(ident, event, data))
+        return out
+
+    def retry_later(self, delivery_id: str, seconds: float, note: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE deliveries SET not_before = ?, note = ? WHERE id = ?",
+                (time.time() + seconds, note, delivery_id),
+            )
+
+    def finish(self, delivery_id: str, state: str = DONE, note: str = "") -> None:
+        """Mark handled; the payload is dropped, the id is kept for de-duplication."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE deliveries SET state = ?, note = ?, payload = NULL WHERE id = ?",
+                (state, note[:500], delivery_id),
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        return dict(rows)
+
+    def note(self, delivery_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, note FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        return (row[0], row[1] or "") if row else None
+
+    def prune(self, keep: int = KEEP_DELIVERIES) -> None:
+        """Forget the oldest handled delivery ids beyond `keep` (GitHub redelivers for days, not years)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM deliveries WHERE state != ? AND rowid NOT IN "
+                "(SELECT rowid FROM deliveries ORDER BY received_at DESC LIMIT ?)",
+                (QUEUED, keep),
+            )
+
+    # ------------------------------------------------------------------ small persistent values
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def put(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )

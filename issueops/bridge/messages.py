@@ -1,0 +1,158 @@
+"""What the bridge and the operator say on an issue. Pure functions of the request; tested as text.
+
+Every comment carries a hidden marker so the bridge recognises its own comments (GitHub sends
+them back as `issue_comment` events) and never acts on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from issueops.algorithms import ALGORITHMS, METRICS
+from issueops.requests import TrainingRequest, adjustable
+from issueops.results import RunResult
+from issueops.status import QUESTION_MARKER, cell, format_value
+
+REPLY_MARKER = "<!-- issueops:reply -->"
+NOTICE_MARKER = "<!-- issueops:notice -->"
+OWN_MARKERS = ("<!-- issueops:",)
+
+
+def is_own_comment(body: str | None) -> bool:
+    return bool(body) and any(marker in body for marker in OWN_MARKERS)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+
+
+def suggested_value(name: str, request: TrainingRequest) -> Any:
+    """A plausible next value for an example comment: more capacity for integer budgets."""
+    param = ALGORITHMS[request.spec.algorithm].param(name)
+    current = request.effective_spec.hyperparameters.get(name, param.default if param else None)
+    if param is None or param.type != "int" or not isinstance(current, int):
+        return current if current is not None else (param.default if param else None)
+    bigger = max(current * 2, current + 1)
+    return min(bigger, int(param.maximum)) if param.maximum is not None else bigger
+
+
+def question(request: TrainingRequest, result: RunResult, *, timeout_s: float) -> str:
+    """Ask for adjusted hyperparameters: metrics, threshold, what can change, an example comment."""
+    spec = request.effective_spec
+    metric = METRICS[result.evaluation_metric] if result.evaluation_metric in METRICS else None
+    relation = ">=" if metric is None or metric.higher_is_better else "<="
+    rows = [
+        f"| **{cell(result.evaluation_metric)}** | **{format_value(result.metric_value)}** "
+        f"| {relation} {format_value(result.threshold)} |"
+    ]
+    for name, value in sorted(result.metrics.items()):
+        if name != result.evaluation_metric and isinstance(value, (int, float)):
+            rows.append(f"| {cell(name)} | {format_value(value)} | |")
+    params = [
+        f"| `{name}` | {cell(allowed)} | {format_value(current)} |"
+        for name, allowed, current in adjustable(spec)
+    ]
+    given = list(spec.hyperparameters) or [p.name for p in ALGORITHMS[spec.algorithm].params[:2]]
+    example = "\n".join(f"  {name}: {_yaml_scalar(suggested_value(name, request))}" for name in given)
+    left = request.attempts_left
+    mention = f"@{request.requested_by} " if request.requested_by else ""
+    return "\n".join(
+        [
+            QUESTION_MARKER,
+            f"### {mention}Attempt {request.attempt} missed the threshold — how should the next one train?",
+            "",
+            f"Run `{result.run_id}` · {result.message}",
+            "",
+            "| metric | value | threshold |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"**Adjustable hyperparameters** of `{spec.algorithm}` "
+            f"({left} attempt{'s' if left != 1 else ''} left):",
+            "",
+            "| hyperparameter | allowed | current |",
+            "|---|---|---|",
+            *params,
+            "",
+            "Reply with a comment like this to train the next attempt:",
+            "",
+            "```yaml",
+            "adjusted_hyperparameters:",
+            example,
+            "```",
+            "",
+            "Or `/retrain` to train again as it is, `/cancel` to stop. Only people with write "
+            "access to the repository (or on the allowlist) can steer a run. Without an answer "
+            f"within {_hours(timeout_s)} (by {request.wait_deadline}) the request fails and the "
+            "production model stays as it is.",
+            "",
+        ]
+    )
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _problems(problems: Iterable[str]) -> str:
+    return "\n".join(f"- {p}" for p in problems)
+
+
+def spec_rejected(problems: Iterable[str]) -> str:
+    return (
+        f"{REPLY_MARKER}\n### The training spec cannot be used\n\n{_problems(problems)}\n\n"
+        "Edit the issue to fix it; training starts when the spec is valid.\n"
+    )
+
+
+def input_rejected(request: TrainingRequest, problems: Iterable[str]) -> str:
+    waiting = (
+        f" The request keeps waiting for a valid answer until {request.wait_deadline}."
+        if request.wait_deadline
+        else ""
+    )
+    return (
+        f"{REPLY_MARKER}\n### That input was not applied\n\n{_problems(problems)}\n\n"
+        f"Nothing changed.{waiting}\n"
+    )
+
+
+def not_allowed(user: str, what: str) -> str:
+    return (
+        f"{REPLY_MARKER}\n@{user} only people with write, maintain or admin access to this "
+        f"repository (or on the configured allowlist) can {what}. Nothing was started.\n"
+    )
+
+
+def conflict(message: str) -> str:
+    return f"{REPLY_MARKER}\n{message}\n"
+
+
+def status_reply(request: TrainingRequest) -> str:
+    lines = [
+        f"{REPLY_MARKER}",
+        f"### Request `{request.name}`: {request.phase}",
+        "",
+        "| attempt | run | decision | value |",
+        "|---|---|---|---|",
+    ]
+    for a in request.attempts:
+        lines.append(
+            f"| {a.attempt} | `{a.run_id}` | {a.decision or 'running'} | {format_value(a.metric_value)} |"
+        )
+    if not request.attempts:
+        lines.append("| — | — | queued | — |")
+    lines += ["", request.message]
+    if request.model_version:
+        lines.append(f"\nModel `{request.model_name}` version {request.model_version}.")
+    return "\n".join(lines) + "\n"
+
+
+def notice(title: str, message: str, request: TrainingRequest) -> str:
+    run = f" · last run `{request.run_id}`" if request.run_id else ""
+    return f"{NOTICE_MARKER}\n### {title}\n\n{message}\n\nRequest `{request.name}`{run}.\n"

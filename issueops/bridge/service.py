@@ -1,0 +1,275 @@
+"""The bridge's worker: queued deliveries become requests and operator input; requests move on.
+
+`Bridge.handle` decides what one delivery means (authorising its sender through the collaborator
+permission API or the allowlist, replying on the issue when it cannot act). Where requests live
+is a `RequestBook`: `LocalBook` keeps them under ISSUEOPS_HOME and runs them through the local
+runner (embedded default); `issueops.bridge.kube.KubernetesBook` creates and patches
+TrainingRequest resources for the operator (cluster mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Protocol
+
+from issueops.bridge import messages
+from issueops.bridge.controller import RequestController
+from issueops.bridge.events import TRAIN_LABEL, Intent, interpret
+from issueops.bridge.inbox import DONE, FAILED, Delivery, Inbox
+from issueops.config import Settings
+from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.github import GitHubClient
+from issueops.requests import (
+    RUNNING,
+    OperatorInput,
+    RequestStore,
+    TrainingRequest,
+    new_request,
+    run_failed,
+)
+from issueops.spec import TrainingSpec, parse_issue_body
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RUNNING = 10
+MAX_STEPS_PER_TICK = 8
+
+
+def allowlist_from_env() -> frozenset[str]:
+    """ISSUEOPS_ALLOWLIST: comma- or space-separated GitHub logins that may always steer."""
+    raw = os.environ.get("ISSUEOPS_ALLOWLIST", "")
+    return frozenset(n.strip().lower() for n in raw.replace(",", " ").split() if n.strip())
+
+
+def max_running_from_env() -> int:
+    raw = os.environ.get("ISSUEOPS_MAX_RUNNING", "")
+    try:
+        value = int(raw) if raw.strip() else DEFAULT_MAX_RUNNING
+    except ValueError:
+        raise InvalidInput(f"ISSUEOPS_MAX_RUNNING must be a whole number, got {raw!r}.") from None
+    if value < 1:
+        raise InvalidInput("ISSUEOPS_MAX_RUNNING must be at least 1.")
+    return value
+
+
+class RequestBook(Protocol):
+    """Where requests live: the embedded store, or TrainingRequest resources on a cluster."""
+
+    def find(self, repository: str, issue: int) -> TrainingRequest | None: ...
+
+    def check(self, spec: TrainingSpec) -> None: ...
+
+    def create(
+        self, spec: TrainingSpec, *, repository: str, issue: int, requested_by: str
+    ) -> TrainingRequest: ...
+
+    def apply(self, request: TrainingRequest, given: OperatorInput) -> str | None: ...
+
+    def tick(self) -> None: ...
+
+
+class LocalBook:
+    """Embedded mode: requests under ISSUEOPS_HOME/requests, attempts on the local runner."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RequestStore,
+        controller: RequestController,
+        *,
+        max_running: int = DEFAULT_MAX_RUNNING,
+    ):
+        self.settings, self.store, self.controller = settings, store, controller
+        self.max_running = max_running
+
+    def find(self, repository: str, issue: int) -> TrainingRequest | None:
+        return self.store.for_issue(repository, issue)
+
+    def check(self, spec: TrainingSpec) -> None:
+        """The dataset (or environment) must exist before a request is accepted."""
+        from issueops.execution import preflight
+
+        preflight(spec, self.settings, self.controller.store)
+
+    def create(self, spec, *, repository, issue, requested_by) -> TrainingRequest:
+        request = new_request(
+            spec,
+            name=self.store.next_name(repository, issue),
+            repository=repository,
+            issue=issue,
+            requested_by=requested_by,
+        )
+        return self.store.save(request)
+
+    def apply(self, request: TrainingRequest, given: OperatorInput) -> str | None:
+        with self.store.editing(request.name) as fresh:
+            return self.controller.apply(fresh, given)
+
+    def tick(self) -> None:
+        """Move every active request as far as it can go now, oldest first, within the run limit."""
+        active = self.store.active()
+        running = sum(1 for r in active if r.phase == RUNNING)
+        for request in active:
+            for _ in range(MAX_STEPS_PER_TICK):
+                was_running = request.phase == RUNNING
+                try:
+                    changed = self.controller.step(request, may_start=running < self.max_running)
+                except ExternalServiceError as error:
+                    if error.transient:
+                        log.warning("%s: %s; trying again shortly", request.name, error)
+                        break
+                    run_failed(request, str(error))
+                    changed = True
+                except IssueOpsError as error:
+                    run_failed(request, str(error))
+                    changed = True
+                if not changed:
+                    break
+                self.store.save(request)
+                running += int(request.phase == RUNNING) - int(was_running)
+
+
+class Bridge:
+    def __init__(
+        self,
+        book: RequestBook,
+        inbox: Inbox,
+        github: callable,
+        *,
+        allowlist: frozenset[str] = frozenset(),
+        label: str = TRAIN_LABEL,
+        repository: str | None = None,
+        retry_seconds: float = 5.0,
+    ):
+        self.book, self.inbox, self.github = book, inbox, github
+        self.allowlist = frozenset(a.lower() for a in allowlist)
+        self.label = label
+        self.repository = repository
+        self.retry_seconds = retry_seconds
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_once(self) -> None:
+        for delivery in self.inbox.queued():
+            try:
+                note = self.handle(delivery)
+            except ExternalServiceError as error:
+                if error.transient or error.status in (403, 429):
+                    wait = getattr(error, "retry_after", None) or self.retry_seconds
+                    log.warning("delivery %s: %s; retrying in %.0f s", delivery.id, error, wait)
+                    self.inbox.retry_later(delivery.id, wait, str(error))
+                    continue
+                self.inbox.finish(delivery.id, FAILED, str(error))
+            except IssueOpsError as error:
+                self.inbox.finish(delivery.id, FAILED, str(error))
+            except Exception as error:  # a bug of ours must not stop the queue
+                log.exception("delivery %s could not be handled", delivery.id)
+                self.inbox.finish(delivery.id, FAILED, f"{type(error).__name__}: {error}")
+            else:
+                log.info("delivery %s: %s", delivery.id, note)
+                self.inbox.finish(delivery.id, DONE, note)
+        self.book.tick()
+
+    def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep serving; the next round tries again
+                log.exception("bridge round failed")
+            self.inbox.wake.wait(interval)
+            self.inbox.wake.clear()
+
+    def start(self, interval: float = 1.0) -> tuple[threading.Thread, threading.Event]:
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self.run_forever, args=(stop, interval), name="bridge-worker", daemon=True
+        )
+        thread.start()
+        return thread, stop
+
+    # ------------------------------------------------------------------ one delivery
+
+    def handle(self, delivery: Delivery) -> str:
+        intent = interpret(delivery.event, delivery.payload, label=self.label)
+        if intent.kind == "ignore":
+            return intent.reason
+        if self.repository and intent.repository.lower() != self.repository.lower():
+            return f"{intent.repository} is not the configured repository"
+        if intent.kind == "request":
+            return self._request(intent)
+        return self._input(intent)
+
+    def _request(self, intent: Intent) -> str:
+        existing = self.book.find(intent.repository, intent.issue)
+        if existing is not None and existing.active:
+            return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
+        client = self.github(intent.repository)
+        if not self._may_steer(client, intent.sender):
+            self._deny(client, intent, "start training with the label")
+            return f"{intent.sender} may not start training"
+        try:
+            spec = parse_issue_body(intent.body)
+            self.book.check(spec)
+        except InvalidInput as error:
+            self._reply(client, intent.issue, messages.spec_rejected(error.problems))
+            return "spec rejected: " + "; ".join(error.problems)
+        request = self.book.create(
+            spec, repository=intent.repository, issue=intent.issue, requested_by=intent.sender
+        )
+        self.inbox.wake.set()
+        return f"request {request.name} created"
+
+    def _input(self, intent: Intent) -> str:
+        request = self.book.find(intent.repository, intent.issue)
+        if request is None:
+            return f"issue #{intent.issue} has no training request"
+        client = self.github(intent.repository)
+        if not self._may_steer(client, intent.sender):
+            self._deny(client, intent, f"use /{intent.action} or steer a run")
+            return f"{intent.sender} may not steer"
+        if intent.problems:
+            self._reply(client, intent.issue, messages.input_rejected(request, intent.problems))
+            return "input rejected: " + "; ".join(intent.problems)
+        given = OperatorInput(
+            action=intent.action,
+            id=f"comment-{intent.comment_id}",
+            by=intent.sender,
+            adjusted_hyperparameters=intent.adjusted,
+            version=intent.version,
+        )
+        try:
+            reply = self.book.apply(request, given)
+        except Conflict as error:
+            self._reply(client, intent.issue, messages.conflict(str(error)))
+            return f"/{intent.action} refused: {error}"
+        except InvalidInput as error:
+            self._reply(client, intent.issue, messages.input_rejected(request, error.problems))
+            return "input rejected: " + "; ".join(error.problems)
+        if reply:
+            self._reply(client, intent.issue, reply)
+        self.inbox.wake.set()
+        return f"/{intent.action} applied to {request.name}"
+
+    # ------------------------------------------------------------------ authorisation and replies
+
+    def _may_steer(self, client: GitHubClient | None, user: str) -> bool:
+        if user.lower() in self.allowlist:
+            return True
+        if client is None or not user:
+            return False
+        return client.can_steer(user, self.allowlist)
+
+    def _deny(self, client: GitHubClient | None, intent: Intent, what: str) -> None:
+        key = f"denied:{intent.repository}:{intent.issue}:{intent.sender.lower()}"
+        if self.inbox.get(key):  # one explanation per person and issue, not one per attempt
+            return
+        self._reply(client, intent.issue, messages.not_allowed(intent.sender, what))
+        self.inbox.put(key, "1")
+
+    def _reply(self, client: GitHubClient | None, issue: int, body: str) -> None:
+        if client is None:
+            log.info("issue #%s: %s", issue, body)
+            return
+        client.post_comment(issue, body)

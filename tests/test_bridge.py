@@ -1,0 +1,706 @@
+"""The GitHub bridge over real HTTP: signed webhook deliveries in GitHub's format, the GitHub API
+double, the durable inbox, the poller, and the full operator-in-the-loop on the local runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from issueops.bridge import open_bridge
+from issueops.bridge.controller import GitHubClients
+from issueops.bridge.events import interpret, read_input
+from issueops.bridge.inbox import Inbox
+from issueops.bridge.poll import GitHubAskedToWait, Poller
+from issueops.bridge.webhook import MAX_BODY_BYTES, HttpServer, make_app, sign, signature_ok
+from issueops.config import Settings
+from issueops.github import RetryPolicy
+from issueops.requests import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WAITING,
+    RequestStore,
+    iso,
+    new_request,
+    utcnow,
+)
+from issueops.spec import parse_issue_body
+from issueops.status import QUESTION_MARKER, STATUS_MARKER
+
+try:
+    from tests.github_double import GitHubDouble
+except ModuleNotFoundError:  # pytest put tests/ on sys.path, not the repository root
+    from github_double import GitHubDouble
+
+SECRET = "webhook-secret-for-the-tests"
+TOKEN = "issueops-bridge-test-credential-4d1e"
+FAST = RetryPolicy(attempts=2, backoff=0.01, max_wait=2)
+WEBHOOK_SCHEMAS = Path(
+    os.environ.get("ISSUEOPS_GITHUB_WEBHOOKS_OPENAPI", "/tmp/owh/package/generated/api.github.com.json")
+)
+# Required top-level fields of GitHub's webhook payloads, from @octokit/openapi-webhooks 12.1.0
+# (components/schemas/webhook-issues-opened, -labeled, -edited and webhook-issue-comment-created).
+REQUIRED = {
+    ("issues", "opened"): {"action", "issue", "repository", "sender"},
+    ("issues", "labeled"): {"action", "issue", "repository", "sender"},
+    ("issues", "edited"): {"action", "changes", "issue", "repository", "sender"},
+    ("issue_comment", "created"): {"action", "issue", "comment", "repository", "sender"},
+}
+REQUIRED_ISSUE = {
+    "url", "repository_url", "labels_url", "comments_url", "events_url", "html_url", "id",
+    "node_id", "number", "title", "user", "assignees", "milestone", "comments", "created_at",
+    "updated_at", "closed_at", "author_association", "active_lock_reason", "body", "reactions",
+}  # fmt: skip
+REQUIRED_COMMENT = {
+    "url", "html_url", "issue_url", "id", "node_id", "user", "created_at", "updated_at",
+    "author_association", "performed_via_github_app", "body", "reactions",
+}  # fmt: skip
+REQUIRED_SENDER = {
+    "avatar_url", "events_url", "followers_url", "following_url", "gists_url", "gravatar_id",
+    "html_url", "id", "node_id", "login", "organizations_url", "received_events_url",
+    "repos_url", "site_admin", "starred_url", "subscriptions_url", "type", "url",
+}  # fmt: skip
+
+SPEC = """Please train this.
+
+```yaml
+learning_type: supervised
+task_type: classification
+algorithm: random_forest
+dataset_id: sklearn:breast_cancer
+model_name: bc-rf
+hyperparameters:
+  n_estimators: 1
+  max_depth: 1
+evaluation_threshold: {threshold}
+max_retry: {max_retry}
+```
+"""
+BOMB = """learning_type: supervised
+algorithm: random_forest
+dataset_id: sklearn:iris
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+"""
+
+
+# ---------------------------------------------------------------------- the hub
+
+
+class Hub:
+    """A GitHub double, the webhook receiver on loopback, and the bridge's worker."""
+
+    def __init__(self, gh: GitHubDouble, settings: Settings, **bridge_options):
+        self.gh, self.settings = gh, settings
+        self.clients = GitHubClients(settings, throttle=False, retry=FAST)
+        self.bridge = open_bridge(settings, github=self.clients, **bridge_options)
+        self.server = HttpServer(make_app(self.bridge.inbox, SECRET)).start()
+        self._worker: tuple[threading.Thread, threading.Event] | None = None
+
+    @property
+    def store(self) -> RequestStore:
+        return self.bridge.book.store
+
+    def start_worker(self) -> None:
+        self._worker = self.bridge.start(interval=0.2)
+
+    def close(self) -> None:
+        if self._worker:
+            self._worker[1].set()
+            self.bridge.inbox.wake.set()
+            self._worker[0].join(30)
+        self.server.stop()
+        self.bridge.inbox.close()
+
+    # GitHub's payloads, made of the double's REST representations (checked against GitHub's
+    # OpenAPI description in test_github.py) in the documented webhook envelope.
+    def _get(self, path: str) -> dict:
+        headers = {"Authorization": f"token {TOKEN}"}
+        return httpx.get(f"{self.gh.url}/repos/{self.gh.full_name}{path}", headers=headers).json()
+
+    def issue_event(self, action: str, number: int, sender: str, **extra) -> dict:
+        return {
+            "action": action,
+            "issue": self._get(f"/issues/{number}"),
+            "repository": self._get(""),
+            "sender": self.gh._user_json(sender),
+            **extra,
+        }
+
+    def comment_event(self, number: int, body: str, user: str) -> dict:
+        comment_id = self.gh.add_comment(number, body, user=user)
+        return {
+            "action": "created",
+            "issue": self._get(f"/issues/{number}"),
+            "comment": self._get(f"/issues/comments/{comment_id}"),
+            "repository": self._get(""),
+            "sender": self.gh._user_json(user),
+        }
+
+    def deliver(
+        self,
+        event: str,
+        payload: dict,
+        *,
+        delivery: str | None = None,
+        secret: str | None = SECRET,
+        signature: str | None = None,
+    ) -> httpx.Response:
+        raw = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/0a1b2c3",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+            "X-GitHub-Hook-ID": "12312312",
+        }
+        if signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        elif secret is not None:
+            headers["X-Hub-Signature-256"] = sign(secret, raw)
+        return httpx.post(f"{self.server.url}/webhook", content=raw, headers=headers, timeout=10)
+
+    def process(self) -> None:
+        """Handle everything queued, as the worker would (tests without a worker thread)."""
+        self.bridge.run_once()
+
+    def wait_for(self, check, timeout: float = 240.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def request(self, number: int):
+        return self.store.for_issue(self.gh.full_name, number)
+
+    def bodies(self, number: int) -> list[str]:
+        return [c.body for c in self.gh.comments_on(number)]
+
+
+@pytest.fixture
+def gh():
+    with GitHubDouble(token=TOKEN) as double:
+        double.add_user("alice", role="maintain")
+        double.add_user("rita", role="read")
+        double.add_user("trudy")
+        yield double
+
+
+@pytest.fixture
+def settings(home, gh, monkeypatch) -> Settings:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.setenv("GITHUB_REPOSITORY", gh.full_name)
+    monkeypatch.setenv("GITHUB_API_URL", gh.url)
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("ISSUEOPS_ALLOWLIST", raising=False)
+    return Settings.from_env()
+
+
+@pytest.fixture
+def hub(gh, settings):
+    """No run slot: requests are created and steered, but no pipeline runs."""
+    hub = Hub(gh, settings, max_running=0)
+    yield hub
+    hub.close()
+
+
+def waiting_request(hub: Hub, number: int, **spec_changes):
+    """A request whose first attempt missed the threshold, as the driver leaves it."""
+    spec = parse_issue_body(SPEC.format(threshold=0.95, max_retry=2))
+    request = new_request(
+        spec,
+        name=hub.store.next_name(hub.gh.full_name, number),
+        repository=hub.gh.full_name,
+        issue=number,
+        requested_by="alice",
+    )
+    request.phase, request.attempt, request.run_id = WAITING, 1, "train-20260101-000000-abcd"
+    request.wait_deadline = iso(utcnow().replace(year=utcnow().year + 1))
+    return hub.store.save(request)
+
+
+# ---------------------------------------------------------------------- signatures and limits
+
+
+def test_signature_is_hmac_sha256_of_the_raw_body():
+    # GitHub's documented example: secret "It's a Secret to Everybody", payload "Hello, World!".
+    expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert sign("It's a Secret to Everybody", b"Hello, World!") == expected
+    assert signature_ok("It's a Secret to Everybody", b"Hello, World!", expected)
+    assert not signature_ok("It's a Secret to Everybody", b"Hello, World!!", expected)
+    assert not signature_ok("It's a Secret to Everybody", b"Hello, World!", None)
+    assert not signature_ok("It's a Secret to Everybody", b"Hello, World!", expected[7:])
+
+
+@pytest.mark.parametrize("signature", [None, "sha256=" + "0" * 64, "sha1=abc", ""])
+def test_missing_or_wrong_signature_is_401_and_nothing_is_queued(hub, gh, signature):
+    number = gh.create_issue("Train", body=SPEC.format(threshold=0.9, max_retry=1), user="alice")
+    payload = hub.issue_event("opened", number, "alice")
+    answer = hub.deliver("issues", payload, secret=None, signature=signature)
+    assert answer.status_code == 401
+    assert hub.bridge.inbox.counts() == {}
+    hub.process()
+    assert hub.request(number) is None and gh.comments_on(number) == []
+
+
+def test_signed_with_another_secret_is_401(hub, gh):
+    number = gh.create_issue("Train", body="x", labels=["mlops:train"], user="alice")
+    answer = hub.deliver("issues", hub.issue_event("opened", number, "alice"), secret="not-it")
+    assert answer.status_code == 401 and hub.bridge.inbox.counts() == {}
+
+
+def test_oversized_body_is_413_before_the_body_is_read(hub):
+    with socket.create_connection(("127.0.0.1", hub.server.port), timeout=5) as conn:
+        conn.sendall(
+            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-GitHub-Event: issues\r\nX-GitHub-Delivery: big-1\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        # No body was sent: an answer now proves the receiver did not wait to read it.
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert hub.bridge.inbox.counts() == {}
+
+
+def test_oversized_chunked_body_is_413(hub):
+    def chunks():
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    answer = httpx.post(
+        f"{hub.server.url}/webhook",
+        content=chunks(),
+        headers={"X-GitHub-Event": "issues", "X-GitHub-Delivery": "big-2"},
+    )
+    assert answer.status_code == 413 and hub.bridge.inbox.counts() == {}
+
+
+def test_a_body_of_exactly_1_mib_is_accepted_for_checking(hub):
+    raw = b'{"zen": "' + b"x" * (MAX_BODY_BYTES - 11) + b'"}'
+    answer = httpx.post(
+        f"{hub.server.url}/webhook",
+        content=raw,
+        headers={
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": "p",
+            "X-Hub-Signature-256": sign(SECRET, raw),
+        },
+    )
+    assert len(raw) == MAX_BODY_BYTES and answer.status_code == 200
+
+
+# ---------------------------------------------------------------------- deliveries
+
+
+def test_replayed_delivery_starts_nothing_new(hub, gh):
+    number = gh.create_issue(
+        "Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"], user="alice"
+    )
+    payload = hub.issue_event("opened", number, "alice")
+    first = hub.deliver("issues", payload, delivery="d-1")
+    again = hub.deliver("issues", payload, delivery="d-1")
+    assert first.status_code == 202 and again.status_code == 200
+    assert "duplicate" in again.json()["message"]
+    hub.process()
+    assert hub.deliver("issues", payload, delivery="d-1").status_code == 200  # after handling too
+    hub.process()
+    names = [r.name for r in hub.store.all()]
+    assert names == ["octo-org-models-1"] and hub.request(number).phase == PENDING
+
+
+def test_deduplication_survives_a_restart(gh, settings):
+    number = gh.create_issue(
+        "Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"], user="alice"
+    )
+    first = Hub(gh, settings, max_running=0)
+    payload = first.issue_event("opened", number, "alice")
+    assert first.deliver("issues", payload, delivery="d-7").status_code == 202
+    first.close()  # stopped before the worker handled it: the delivery waits in the inbox
+
+    second = Hub(gh, settings, max_running=0)
+    try:
+        assert second.deliver("issues", payload, delivery="d-7").status_code == 200
+        second.process()
+        assert [r.name for r in second.store.all()] == ["octo-org-models-1"]
+    finally:
+        second.close()
+
+
+def test_label_added_by_a_user_with_read_access_runs_nothing(hub, gh):
+    number = gh.create_issue(
+        "Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"], user="rita"
+    )
+    payload = hub.issue_event(
+        "labeled", number, "rita", label=hub.issue_event("opened", number, "rita")["issue"]["labels"][0]
+    )
+    assert hub.deliver("issues", payload).status_code == 202
+    hub.process()
+    assert hub.request(number) is None
+    (reply,) = hub.bodies(number)
+    assert "@rita" in reply and "write, maintain or admin" in reply
+    # A second try is refused again, without a second explanation.
+    hub.deliver("issues", hub.issue_event("labeled", number, "rita", label=payload["label"]))
+    hub.process()
+    assert hub.request(number) is None and len(hub.bodies(number)) == 1
+
+
+def test_allowlisted_user_may_start_without_repository_access(gh, settings, monkeypatch):
+    monkeypatch.setenv("ISSUEOPS_ALLOWLIST", "ops-bot, Trudy")
+    hub = Hub(gh, settings, max_running=0)
+    try:
+        number = gh.create_issue(
+            "Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"], user="trudy"
+        )
+        hub.deliver("issues", hub.issue_event("opened", number, "trudy"))
+        hub.process()
+        assert hub.request(number).requested_by == "trudy"
+        assert gh.calls("GET /repos/{owner}/{repo}/collaborators/{username}/permission") == []
+    finally:
+        hub.close()
+
+
+def test_invalid_spec_gets_the_problems_and_no_request(hub, gh):
+    body = "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\nmax_retry: 99\n"
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"))
+    hub.process()
+    assert hub.request(number) is None
+    (reply,) = hub.bodies(number)
+    assert "max_retry must be an integer from 0 to 10" in reply
+
+
+def test_yaml_bomb_in_the_issue_body_is_rejected(hub, gh):
+    number = gh.create_issue("Train", body=BOMB, labels=["mlops:train"], user="alice")
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"))
+    hub.process()
+    assert hub.request(number) is None
+    (reply,) = hub.bodies(number)
+    assert "anchors" in reply or "aliases" in reply
+
+
+def test_editing_the_issue_body_starts_a_request_once_the_spec_is_valid(hub, gh):
+    number = gh.create_issue("Train", body="algorithm: ???", labels=["mlops:train"], user="alice")
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"))
+    hub.process()
+    assert hub.request(number) is None
+    gh.state.issues[number].body = SPEC.format(threshold=0.9, max_retry=1)
+    edited = hub.issue_event("edited", number, "alice", changes={"body": {"from": "algorithm: ???"}})
+    hub.deliver("issues", edited)
+    hub.process()
+    assert hub.request(number).phase == PENDING
+    # While it is active, another edit starts nothing new.
+    hub.deliver("issues", hub.issue_event("edited", number, "alice", changes={"body": {"from": "x"}}))
+    hub.process()
+    assert [r.name for r in hub.store.all()] == ["octo-org-models-1"]
+
+
+# ---------------------------------------------------------------------- operator input
+
+
+def test_unknown_hyperparameter_is_explained_and_the_request_keeps_waiting(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    comment = "```yaml\nadjusted_hyperparameters:\n  n_estimators: 50\n  learning_rate: 0.1\n```"
+    hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
+    hub.process()
+    request = hub.request(number)
+    assert request.phase == WAITING and request.adjusted_hyperparameters == {}
+    reply = hub.bodies(number)[-1]
+    assert "'learning_rate' is not known for random_forest" in reply
+    assert "n_estimators" in reply and "keeps waiting" in reply
+
+
+def test_comment_from_an_unauthorised_user_changes_nothing(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "trudy"))
+    hub.deliver(
+        "issue_comment",
+        hub.comment_event(number, "adjusted_hyperparameters:\n  n_estimators: 9", "rita"),
+    )
+    hub.process()
+    assert hub.request(number).phase == WAITING
+    replies = [b for b in hub.bodies(number) if "write, maintain or admin" in b]
+    assert len(replies) == 2 and "@trudy" in replies[0] and "@rita" in replies[1]
+
+
+def test_yaml_bomb_in_a_comment_is_rejected(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    bomb = "adjusted_hyperparameters: &a\n  n_estimators: 5\nagain: *a\n"
+    hub.deliver("issue_comment", hub.comment_event(number, bomb, "alice"))
+    hub.process()
+    assert hub.request(number).phase == WAITING
+    assert "not valid YAML" in hub.bodies(number)[-1]
+
+
+def test_valid_input_queues_the_next_attempt_with_merged_hyperparameters(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    comment = "Try more trees:\n\n```yaml\nadjusted_hyperparameters:\n  n_estimators: 100\n```\n"
+    payload = hub.comment_event(number, comment, "alice")
+    hub.deliver("issue_comment", payload)
+    hub.deliver("issue_comment", payload)  # GitHub's redelivery of the same event
+    hub.process()
+    request = hub.request(number)
+    assert request.phase == PENDING, (hub.bodies(number), hub.bridge.inbox.counts())
+    assert request.adjusted_hyperparameters == {"n_estimators": 100}
+    assert request.effective_spec.hyperparameters == {"n_estimators": 100, "max_depth": 1}
+    assert len(request.applied_inputs) == 1
+
+
+def test_status_and_cancel_commands(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    hub.deliver("issue_comment", hub.comment_event(number, "/status", "alice"))
+    hub.process()
+    assert "WaitingForOperator" in hub.bodies(number)[-1]
+    hub.deliver("issue_comment", hub.comment_event(number, "/cancel", "alice"))
+    hub.process()
+    assert hub.request(number).phase == CANCELLED
+    assert "Cancelled by alice" in hub.bodies(number)[-1]
+    hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
+    hub.process()
+    assert hub.request(number).phase == CANCELLED
+    assert "only while it waits" in hub.bodies(number)[-1]
+
+
+def test_our_own_comments_are_never_read_as_input(hub, gh):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    question = f"{QUESTION_MARKER}\n```yaml\nadjusted_hyperparameters:\n  n_estimators: 2\n```"
+    hub.deliver("issue_comment", hub.comment_event(number, question, "alice"))
+    hub.process()
+    assert hub.request(number).phase == WAITING and len(hub.bodies(number)) == 1
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", 502])
+def test_github_failing_on_the_permission_check_delays_the_delivery(hub, gh, fault):
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    route = "GET /repos/{owner}/{repo}/collaborators/{username}/permission"
+    gh.inject(route, fault, times=2, retry_after=1)  # both tries of the client fail
+    hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
+    hub.bridge.retry_seconds = 0.2
+    hub.process()
+    assert hub.request(number).phase == WAITING
+    assert hub.bridge.inbox.counts() == {"queued": 1}
+    time.sleep(1.2)
+    hub.process()
+    assert hub.request(number).phase == PENDING
+    assert hub.bridge.inbox.counts() == {"done": 1}
+
+
+# ---------------------------------------------------------------------- payloads and events
+
+
+def test_payloads_carry_the_fields_githubs_webhook_schemas_require(hub, gh):
+    number = gh.create_issue("Train", body="b", labels=["mlops:train"], user="alice")
+    payloads = {
+        ("issues", "opened"): hub.issue_event("opened", number, "alice"),
+        ("issue_comment", "created"): hub.comment_event(number, "/status", "alice"),
+    }
+    for key, payload in payloads.items():
+        assert REQUIRED[key] <= set(payload)
+        assert REQUIRED_ISSUE <= set(payload["issue"])
+        assert REQUIRED_SENDER <= set(payload["sender"])
+    assert REQUIRED_COMMENT <= set(payloads[("issue_comment", "created")]["comment"])
+    if WEBHOOK_SCHEMAS.is_file():  # the full schemas, when fetched with npm pack
+        jsonschema = pytest.importorskip("jsonschema")
+        document = json.loads(WEBHOOK_SCHEMAS.read_text())
+        for (event, action), payload in payloads.items():
+            name = f"webhook-{event.replace('_', '-')}-{action}"
+            schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+            errors = [
+                e
+                for e in jsonschema.Draft202012Validator(schema).iter_errors(payload)
+                if e.validator in ("required", "type") and "null" not in str(e.validator_value)
+            ]
+            assert not errors, [e.message for e in errors[:5]]
+
+
+def test_interpret_reads_only_what_concerns_training():
+    issue = {"number": 3, "labels": [{"name": "mlops:train"}], "state": "open", "body": "b"}
+    base = {"repository": {"full_name": "o/r"}, "sender": {"login": "alice", "type": "User"}}
+    assert interpret("issues", {**base, "action": "opened", "issue": issue}).kind == "request"
+    assert interpret("issues", {**base, "action": "closed", "issue": issue}).kind == "ignore"
+    unlabelled = {**issue, "labels": [{"name": "bug"}]}
+    assert interpret("issues", {**base, "action": "opened", "issue": unlabelled}).kind == "ignore"
+    other_label = {**base, "action": "labeled", "issue": issue, "label": {"name": "bug"}}
+    assert interpret("issues", other_label).kind == "ignore"
+    title_only = {**base, "action": "edited", "issue": issue, "changes": {"title": {"from": "t"}}}
+    assert interpret("issues", title_only).kind == "ignore"
+    pull = {**issue, "pull_request": {"url": "u"}}
+    assert interpret("issues", {**base, "action": "opened", "issue": pull}).kind == "ignore"
+    bot = {**base, "sender": {"login": "ci", "type": "Bot"}, "action": "created", "issue": issue}
+    assert interpret("issue_comment", {**bot, "comment": {"id": 1, "body": "/retrain"}}).kind == "ignore"
+
+
+def test_commands_and_adjusted_hyperparameters_are_read_from_comments():
+    assert read_input("/rollback 3").version == "3"
+    assert read_input("please\n/approve v12\nthanks").action == "approve"
+    assert read_input("/rollback latest").problems
+    assert read_input("just chatting").kind == "ignore"
+    both = read_input("/retrain\n```yaml\nadjusted_hyperparameters:\n  max_depth: 4\n```")
+    assert both.action == "retrain" and both.adjusted == {"max_depth": 4} and not both.problems
+    assert read_input("adjusted_hyperparameters: 5").problems
+    assert read_input("/cancel\nadjusted_hyperparameters:\n  max_depth: 4").problems
+
+
+# ---------------------------------------------------------------------- polling
+
+
+def test_poll_queues_labelled_issues_and_new_comments_with_conditional_requests(gh, settings):
+    inbox = Inbox.for_home(settings.home)
+    poller = Poller(settings, inbox)
+    try:
+        number = gh.create_issue("Train", body="b", labels=["mlops:train"], user="alice")
+        gh.create_issue("Other", body="b", labels=["bug"], user="alice")
+        found = poller.poll_once()
+        assert found.queued == 1 and found.not_modified == 0
+        again = poller.poll_once()
+        assert again.queued == 0 and again.not_modified == 1  # 304: costs no rate limit
+        gh.advance(2)
+        gh.add_comment(number, "/status", user="alice")
+        gh.add_comment(number, f"{QUESTION_MARKER} ours", user="issueops-bot")
+        third = poller.poll_once()
+        assert third.queued == 1
+        assert inbox.counts() == {"queued": 2}
+        events = sorted(d.event for d in inbox.queued())
+        assert events == ["issue_comment", "issues"]
+    finally:
+        poller.close()
+        inbox.close()
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "secondary_rate_limit", 502])
+def test_poll_honours_githubs_request_to_wait(gh, settings, fault):
+    inbox = Inbox.for_home(settings.home)
+    poller = Poller(settings, inbox)
+    try:
+        gh.create_issue("Train", body="b", labels=["mlops:train"], user="alice")
+        gh.inject("GET /repos/{owner}/{repo}/issues", fault, retry_after=7)
+        with pytest.raises(GitHubAskedToWait) as asked:
+            poller.poll_once()
+        if fault == 502:
+            assert 1 <= asked.value.wait <= 4
+        else:
+            assert 5 <= asked.value.wait <= 8
+        assert inbox.counts() == {}
+        assert poller.poll_once().queued == 1
+    finally:
+        poller.close()
+        inbox.close()
+
+
+def test_poll_once_from_the_command_line(gh, settings, capsys):
+    import argparse
+
+    from issueops.cli.bridge import add_bridge_parser
+
+    parser = argparse.ArgumentParser(prog="issueops")
+    add_bridge_parser(parser.add_subparsers())
+    number = gh.create_issue("Train", body=BOMB, labels=["mlops:train"], user="alice")
+    args = parser.parse_args(["bridge", "poll", "--once"])
+    assert args.handler(args) == 0
+    assert "queued 1 new event" in capsys.readouterr().out
+    assert "anchors" in gh.comments_on(number)[0].body
+
+
+# ---------------------------------------------------------------------- the full loop
+
+
+def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_keep_production(gh, settings):
+    """issue → run → below threshold → question → authorised comment → retrain → pass →
+    registered; then a second request on the same model exhausts max_retry → rollback keeps
+    the production model of the first."""
+    from issueops.registry import Registry
+
+    hub = Hub(gh, settings)
+    hub.start_worker()
+    try:
+        number = gh.create_issue(
+            "Train breast cancer",
+            body=SPEC.format(threshold=0.94, max_retry=2),
+            labels=["mlops:train"],
+            user="alice",
+        )
+        assert hub.deliver("issues", hub.issue_event("opened", number, "alice")).status_code == 202
+        first = hub.wait_for(
+            lambda: (r := hub.request(number)) and r.phase not in (PENDING, RUNNING) and r,
+            what="attempt 1",
+        )
+        assert first.phase == WAITING, first.message
+        # Figures on this split: one stump 0.8596, 100 trees of depth 10 0.9474 (test set of 114).
+        assert first.attempts[0].metric_value < 0.94
+        question = [b for b in hub.bodies(number) if QUESTION_MARKER in b]
+        assert len(question) == 1
+        assert "| **accuracy** |" in question[0] and ">= 0.94" in question[0]
+        assert "`n_estimators`" in question[0] and "adjusted_hyperparameters:" in question[0]
+
+        comment = "```yaml\nadjusted_hyperparameters:\n  n_estimators: 100\n  max_depth: 10\n```"
+        hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
+        done = hub.wait_for(
+            lambda: (r := hub.request(number)) and r.phase not in (PENDING, RUNNING, WAITING) and r,
+            what="attempt 2",
+        )
+        assert done.phase == SUCCEEDED, done.message
+        assert done.attempt == 2 and done.attempts[1].metric_value >= 0.94
+        assert done.model_name == "bc-rf" and done.model_version == "1"
+        registry = Registry.from_settings(settings)
+        assert registry.production("bc-rf").version == 1
+        statuses = [b for b in hub.bodies(number) if STATUS_MARKER in b]
+        assert len(statuses) == 2  # one status comment per attempt, edited in place
+        assert "attempt 1" in statuses[0] and "retrain" in statuses[0]
+        assert "attempt 2" in statuses[1] and "pass" in statuses[1]
+
+        # The variant: max_retry 1 and a threshold no attempt reaches.
+        second = gh.create_issue(
+            "Train again",
+            body=SPEC.format(threshold=0.999, max_retry=1),
+            labels=["mlops:train"],
+            user="alice",
+        )
+        hub.deliver("issues", hub.issue_event("opened", second, "alice"))
+        hub.wait_for(lambda: (r := hub.request(second)) and r.phase == WAITING, what="question 2")
+        hub.deliver("issue_comment", hub.comment_event(second, "/retrain", "alice"))
+        final = hub.wait_for(
+            lambda: (r := hub.request(second)) and not r.active and r,
+            what="attempts exhausted",
+        )
+        assert final.phase == "RolledBack", final.message
+        assert final.attempt == 2
+        assert registry.production("bc-rf").version == 1  # production kept
+        assert any("fail" in b.lower() for b in hub.bodies(second)[-2:])
+    finally:
+        hub.close()
+
+
+def test_operator_timeout_fails_the_request_with_a_notice(gh, settings):
+    hub = Hub(gh, settings, max_running=0, timeout_s=0)
+    try:
+        number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+        request = waiting_request(hub, number)
+        request.wait_deadline = iso(utcnow())
+        hub.store.save(request)
+        time.sleep(1.1)
+        hub.process()
+        request = hub.request(number)
+        assert request.phase == FAILED and "No operator answer" in request.message
+        assert "timed out waiting for the operator" in hub.bodies(number)[-1]
+    finally:
+        hub.close()
