@@ -1,0 +1,133 @@
+"""The TrainingRequest operator. Thin kopf handlers over issueops.bridge.resources.
+
+    kopf run --standalone --namespace=issueops operator/issueops_operator.py
+    ISSUEOPS_OPERATOR_LOCAL=1 kopf run ...          # attempts on the local runner, not KFP
+    python operator/issueops_operator.py --local --namespace default
+
+On create the spec is validated (an invalid one is Failed for good: kopf.PermanentError); a timer
+then moves each active request one step at a time: submit (KFP at ISSUEOPS_KFP_HOST, or the local
+runner), follow, decide, ask on the issue, roll back, time out. A change of spec.operatorInput
+applies operator input; deleting a request cancels its run. At most ISSUEOPS_MAX_RUNNING (10)
+attempts run at once and the rest start in creation order. The run id is written to the status
+before its run is submitted, and submitting a known run id finds the run, so a restarted
+operator picks running requests up and submits none twice.
+
+This directory is deliberately not a package: a package named `operator` would shadow the
+standard library's `operator` module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+import kopf
+
+from issueops.bridge.resources import OperatorRuntime
+from issueops.crd import GROUP, PLURAL, VERSION
+from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.requests import ACTIVE_PHASES
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+INTERVAL = float(os.environ.get("ISSUEOPS_OPERATOR_INTERVAL", "5"))
+RETRY_DELAY = 30
+
+
+@contextlib.contextmanager
+def kopf_errors():
+    """Our errors as kopf's: transient → retried with a delay, invalid input → never retried."""
+    try:
+        yield
+    except InvalidInput as error:
+        raise kopf.PermanentError(str(error)) from error
+    except ExternalServiceError as error:
+        if error.transient:
+            delay = getattr(error, "retry_after", None) or RETRY_DELAY
+            raise kopf.TemporaryError(str(error), delay=delay) from error
+        raise kopf.PermanentError(str(error)) from error
+    except IssueOpsError as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY) from error
+
+
+@kopf.on.login()
+def login(**kwargs):
+    """In a pod its service account; elsewhere the file KUBECONFIG names (read now, not at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+    settings.persistence.finalizer = f"{GROUP}/cancel-run"
+    # Least privilege: no cluster-wide watching of namespaces and CRDs.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    memo.runtime = OperatorRuntime.from_env()
+
+
+@kopf.index(*RESOURCE)
+def requests_by_phase(namespace, name, status, meta, **_):
+    return {(namespace, name): (status.get("phase") or "Pending", meta.get("creationTimestamp") or "")}
+
+
+@kopf.on.create(*RESOURCE)
+def create(body, patch, memo: kopf.Memo, **_):
+    try:
+        patch.status.update(memo.runtime.accept(body))
+    except InvalidInput as error:
+        patch.status.update(memo.runtime.rejected(body, error))
+        raise kopf.PermanentError(str(error)) from error
+
+
+def _active(status, **_) -> bool:
+    return (status.get("phase") or "Pending") in ACTIVE_PHASES
+
+
+@kopf.timer(*RESOURCE, interval=INTERVAL, initial_delay=1, when=_active)
+def follow(body, patch, memo: kopf.Memo, requests_by_phase: kopf.Index, **_):
+    with kopf_errors():
+        status = memo.runtime.step(body, requests_by_phase)
+    if status:
+        patch.status.update(status)
+
+
+@kopf.on.field(*RESOURCE, field="spec.operatorInput")
+def operator_input(body, new, patch, memo: kopf.Memo, **_):
+    if not new:
+        return
+    with kopf_errors():
+        status = memo.runtime.operator_input(body)
+    if status:
+        patch.status.update(status)
+
+
+@kopf.on.delete(*RESOURCE)
+def delete(body, memo: kopf.Memo, **_):
+    with kopf_errors():
+        memo.runtime.cancel(body)
+
+
+def main(argv: list[str]) -> int:
+    """`python operator/issueops_operator.py [--local] [--namespace NS]...` (kopf run, embedded)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--local", action="store_true", help="run attempts on the local runner")
+    parser.add_argument("--namespace", "-n", action="append", default=[], help="namespace(s)")
+    parser.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    args = parser.parse_args(argv)
+    if args.local:
+        os.environ["ISSUEOPS_OPERATOR_LOCAL"] = "1"
+    kopf.configure(verbose=bool(os.environ.get("ISSUEOPS_DEBUG")))
+    kopf.run(
+        standalone=True,
+        namespaces=args.namespace or [os.environ.get("ISSUEOPS_NAMESPACE", "default")],
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
