@@ -126,8 +126,12 @@ def package_model(
     return PackageResult(model, info.version, info.run_id, str(local), targets, package["export"])
 
 
-def package_step(run_id: str) -> dict[str, Any]:
-    """Package the version this run registered; a model that cannot predict is recorded, not failed."""
+def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
+    """Package the version this run registered; a model that cannot predict is recorded, not failed.
+
+    repo: where to write the local Triton repository (a KFP Model artifact's path), default
+    $ISSUEOPS_HOME/triton.
+    """
     from issueops.export import NotServable
 
     settings = Settings.from_env()
@@ -139,7 +143,11 @@ def package_step(run_id: str) -> dict[str, Any]:
             raise NotFound(f"Run {run_id} registered no model version, so there is nothing to package.")
         try:
             result = package_model(
-                registration["model_name"], registration["version"], settings=settings, store=store
+                registration["model_name"],
+                registration["version"],
+                repo=Path(repo) if repo else None,
+                settings=settings,
+                store=store,
             ).to_dict()
         except NotServable as exc:
             result = {
@@ -151,6 +159,37 @@ def package_step(run_id: str) -> dict[str, Any]:
             record.write("serving.json", {"endpoint": None, **result})
         record.write("package.json", result)
     return result
+
+
+def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:
+    """Build a TensorRT plan for the packaged version on this (GPU) node.
+
+    A graph TensorRT cannot run, or a machine without TensorRT, is recorded as skipped (GPU
+    nodes then serve the ONNX model through ONNX Runtime's TensorRT accelerator); an engine that
+    disagrees with ONNX Runtime is recorded as rejected. Neither fails the run.
+    """
+    from issueops.errors import Unavailable
+    from issueops.tensorrt import EngineCheckError, build_for_package
+
+    settings = Settings.from_env()
+    store = open_store(settings)
+    record = RunRecord(store, run_id)
+    with step_guard(store, run_id, "build_tensorrt_engine"):
+        package = record.read("package.json") or {}
+        if package.get("servable") is False or not package:
+            outcome = {"status": "skipped", "reason": "nothing was packaged"}
+        else:
+            plan_dir = Path(out_dir) if out_dir else settings.home / "tensorrt" / run_id
+            try:
+                engine = build_for_package(store, package["model"], int(package["version"]), plan_dir)
+                outcome = {"status": "built", **engine.to_dict()}
+            except Unavailable as exc:
+                outcome = {"status": "skipped", "reason": str(exc)}
+            except EngineCheckError as exc:
+                outcome = {"status": "rejected", "reason": str(exc)}
+        outcome["time"] = utcnow()
+        record.write("tensorrt.json", outcome)
+    return outcome
 
 
 def deploy_step(run_id: str) -> dict[str, Any]:

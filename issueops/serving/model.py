@@ -75,7 +75,9 @@ class DynamicBatcher:
                 return
             batch, rows = [first], first.rows
             if self.delay_s and rows < self.max_rows and self.queue.empty():
-                await asyncio.sleep(self.delay_s)
+                # asyncio's timers have millisecond granularity: a sub-millisecond delay becomes
+                # one turn of the event loop, which lets requests already read join the batch.
+                await asyncio.sleep(self.delay_s if self.delay_s >= 0.002 else 0)
             while rows < self.max_rows and not self.queue.empty():
                 item = self.queue.get_nowait()
                 if item is None:

@@ -245,7 +245,18 @@ def serve(
             if current:
                 await current.batcher.close()
 
-    asyncio.run(main())
+    _run(main())
+
+
+def _run(coroutine) -> None:
+    """uvloop when installed (uvicorn's own choice for the same servers), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coroutine)
 
 
 async def _until_listening(host: str, port: int, grpc_port: int, tasks) -> None:

@@ -1,0 +1,15 @@
+from kfp import dsl
+from kfp.dsl import Input, Model
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def deploy(run_id: str, repository: Input[Model]) -> str:
+    """Serve the packaged version: a KServe InferenceService (a canary until approved) when
+    ISSUEOPS_SERVING=kserve, else the local endpoint that follows production; records the endpoint."""
+    import json
+
+    from issueops.packaging import deploy_step
+
+    return json.dumps(deploy_step(run_id), default=str)

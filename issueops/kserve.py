@@ -1,0 +1,325 @@
+"""KServe on the cluster: one InferenceService per registered model, served by Triton.
+
+A new version goes out as a canary (`canaryTrafficPercent` of the traffic to the new revision,
+the rest to the one before) until it is approved; approval promotes it to all the traffic, a
+rollback applies the earlier version again. Every change is a server-side apply by the field
+manager `issueops`, so fields we stop setting (the canary percentage) are removed.
+
+CPU versions run the ONNX model on Triton's ONNX Runtime backend; GPU versions get one
+`nvidia.com/gpu`, a node selector and a toleration, and the TensorRT plan when one was built (its
+node selector then names the GPU product the plan was built for: plans are per GPU type).
+Canary rollouts need KServe's Serverless (Knative) mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from issueops.errors import (
+    ExternalServiceError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from issueops.store import ObjectStore
+
+GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
+FIELD_MANAGER = "issueops"
+RUNTIME = "issueops-triton"  # manifests/kserve/servingruntime-triton.yaml
+SERVICE_ACCOUNT = "issueops-serving"  # manifests/kserve/serviceaccount.yaml (S3 credentials)
+DEFAULT_NAMESPACE = "issueops"
+DEFAULT_CANARY_PERCENT = 10
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"  # set by NVIDIA's GPU feature discovery
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+MAX_NAME = 45  # KServe keeps InferenceService names short enough for the Knative names derived from them
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def service_name(model: str) -> str:
+    """A DNS-1123 label for the model's InferenceService (lowercase, '-', at most 45 characters)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-")
+    name = name if name[:1].isalpha() else f"m-{name}"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(model.encode()).hexdigest()[:6]
+        name = f"{name[: MAX_NAME - 7].rstrip('-')}-{digest}"
+    if not _DNS_LABEL.match(name):
+        raise InvalidInput(f"Model name {model!r} cannot be turned into a Kubernetes name.")
+    return name
+
+
+@dataclass
+class Placement:
+    """Where a version runs: cpu, or gpu (with a TensorRT plan built for `gpu_product`)."""
+
+    device: str = "cpu"
+    plan: bool = False
+    gpu_product: str | None = None
+
+    @classmethod
+    def for_package(cls, package: dict[str, Any], device: str) -> Placement:
+        if device not in ("cpu", "gpu"):
+            raise InvalidInput(f"device must be cpu or gpu, not {device!r}.")
+        if device == "cpu":
+            return cls()
+        gpu = package.get("targets", {}).get("gpu", {})
+        return cls("gpu", bool(gpu.get("plan")), (gpu.get("tensorrt") or {}).get("gpu_product"))
+
+
+def inference_service(
+    model: str,
+    version: int,
+    storage_uri: str,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    placement: Placement | None = None,
+    canary_percent: int | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The InferenceService manifest serving `version` of `model` from its Triton repository."""
+    placement = placement or Placement()
+    if canary_percent is not None and not 0 <= canary_percent <= 100:
+        raise InvalidInput("canaryTrafficPercent is a percentage (0-100).")
+    if not storage_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
+        raise InvalidInput(
+            f"{storage_uri} is not reachable from a cluster; set ISSUEOPS_S3_BUCKET so packages go to S3."
+        )
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
+    predictor: dict[str, Any] = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "minReplicas": 1,
+        "maxReplicas": 3,
+    }
+    if canary_percent is not None:
+        predictor["canaryTrafficPercent"] = canary_percent
+    if placement.device == "gpu":
+        resources["limits"][GPU_RESOURCE] = "1"
+        resources["requests"][GPU_RESOURCE] = "1"
+        if placement.plan and placement.gpu_product:
+            predictor["nodeSelector"] = {GPU_PRODUCT_LABEL: placement.gpu_product}
+        else:
+            predictor["nodeSelector"] = {GPU_PRESENT_LABEL: "true"}
+        predictor["tolerations"] = [dict(GPU_TOLERATION)]
+    predictor["model"] = {
+        "modelFormat": {"name": "triton"},
+        "runtime": RUNTIME,
+        "protocolVersion": "v2",
+        "storageUri": storage_uri,
+        "resources": resources,
+    }
+    annotations = {"issueops.io/version": str(version), "issueops.io/device": placement.device}
+    if run_id:
+        annotations["issueops.io/run-id"] = run_id
+    if placement.plan:
+        annotations["issueops.io/tensorrt-plan"] = placement.gpu_product or "unknown"
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": service_name(model),
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "issueops",
+                "app.kubernetes.io/part-of": "issueops",
+                "issueops.io/model": service_name(model),
+            },
+            "annotations": annotations,
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
+def api_client():
+    """A kubernetes ApiClient from the pod's service account, else from KUBECONFIG."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            raise Unavailable(
+                "No Kubernetes configuration: run in a cluster or set KUBECONFIG (ISSUEOPS_SERVING=kserve)."
+            ) from None
+    return client.ApiClient()
+
+
+def _call(api, method: str, namespace: str, name: str, **kwargs) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+    try:
+        return api.call_api(
+            path,
+            method,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            **kwargs,
+        )
+    except ApiException as exc:
+        if exc.status == 404 and method == "GET":
+            return None
+        detail = _reason(exc)
+        if exc.status in (401, 403):
+            raise Unauthorized(
+                f"Kubernetes refused to {method} {KIND} {namespace}/{name}: {detail}"
+            ) from None
+        if exc.status == 404:
+            raise NotFound(
+                f"The cluster has no {KIND} API ({GROUP}/{VERSION}): is KServe installed?"
+            ) from None
+        if exc.status in (400, 422):
+            raise InvalidInput(f"Kubernetes rejected {KIND} {namespace}/{name}: {detail}") from None
+        raise ExternalServiceError(
+            f"Kubernetes API error {exc.status} on {KIND} {namespace}/{name}: {detail}",
+            transient=exc.status >= 500 or exc.status == 429,
+            status=exc.status,
+        ) from None
+    except HTTPError as exc:
+        raise ExternalServiceError(
+            f"The Kubernetes API is unreachable: {type(exc).__name__}", transient=True
+        ) from None
+
+
+def _reason(exc) -> str:
+    import json
+
+    try:
+        return json.loads(exc.body).get("message", "")[:300]
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)[:300]
+
+
+def apply(manifest: dict[str, Any], *, api=None) -> dict[str, Any]:
+    """Server-side apply (PATCH, application/apply-patch+yaml, fieldManager=issueops, force)."""
+    api = api or api_client()
+    meta = manifest["metadata"]
+    return _call(
+        api,
+        "PATCH",
+        meta["namespace"],
+        meta["name"],
+        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+        body=manifest,
+    )
+
+
+def get(model: str, namespace: str = DEFAULT_NAMESPACE, *, api=None) -> dict[str, Any] | None:
+    return _call(
+        api or api_client(),
+        "GET",
+        namespace,
+        service_name(model),
+        header_params={"Accept": "application/json"},
+    )
+
+
+@dataclass
+class Deployment:
+    mode: str
+    name: str
+    namespace: str
+    model: str
+    version: int
+    previous_version: int | None
+    canary_percent: int | None
+    device: str
+    storage_uri: str
+    endpoint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _served_version(existing: dict[str, Any] | None) -> int | None:
+    if not existing:
+        return None
+    value = existing.get("metadata", {}).get("annotations", {}).get("issueops.io/version")
+    return int(value) if value and value.isdigit() else None
+
+
+def _endpoint(model: str, name: str, namespace: str, applied: dict[str, Any] | None) -> str:
+    url = ((applied or {}).get("status") or {}).get("url") or f"http://{name}.{namespace}.svc.cluster.local"
+    return f"{url.rstrip('/')}/v2/models/{model}"
+
+
+def deploy_version(
+    model: str,
+    version: int,
+    *,
+    store: ObjectStore,
+    approved: bool,
+    namespace: str | None = None,
+    device: str | None = None,
+    canary_percent: int | None = None,
+    api=None,
+) -> Deployment:
+    """Roll `version` out: to all traffic when approved (or when nothing is served yet), else as a
+    canary beside the version being served."""
+    from issueops.triton import read_package
+
+    namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", DEFAULT_NAMESPACE)
+    device = device or os.environ.get("ISSUEOPS_SERVING_DEVICE", "cpu")
+    package = read_package(store, model, version)
+    placement = Placement.for_package(package, device)
+    api = api or api_client()
+    existing = get(model, namespace, api=api)
+    previous = _served_version(existing)
+    canary = None
+    if not approved and previous is not None and previous != version:
+        canary = (
+            canary_percent
+            if canary_percent is not None
+            else int(os.environ.get("ISSUEOPS_CANARY_PERCENT", DEFAULT_CANARY_PERCENT))
+        )
+    uri = package["targets"][placement.device]["uri"]
+    manifest = inference_service(
+        model,
+        version,
+        uri,
+        namespace=namespace,
+        placement=placement,
+        canary_percent=canary,
+        run_id=package.get("run_id"),
+    )
+    applied = apply(manifest, api=api)
+    name = manifest["metadata"]["name"]
+    return Deployment(
+        "kserve",
+        name,
+        namespace,
+        model,
+        version,
+        previous,
+        canary,
+        placement.device,
+        uri,
+        _endpoint(model, name, namespace, applied),
+    )
+
+
+def promote(
+    model: str, version: int, *, store: ObjectStore, namespace: str | None = None, api=None
+) -> Deployment:
+    """An approved version takes all the traffic (the canary percentage is dropped)."""
+    return deploy_version(model, version, store=store, approved=True, namespace=namespace, api=api)
+
+
+def revert(
+    model: str, to_version: int, *, store: ObjectStore, namespace: str | None = None, api=None
+) -> Deployment:
+    """A rollback: the earlier version is applied again and takes all the traffic."""
+    return deploy_version(model, to_version, store=store, approved=True, namespace=namespace, api=api)

@@ -1,0 +1,390 @@
+"""InferenceService manifests and their rollout by server-side apply.
+
+Validation: core kinds (ServiceAccount, Role, RoleBinding) with kubernetes-validate against the
+Kubernetes 1.37 OpenAPI schemas, strict. The kserve package ships no CRD openAPIV3Schema, so the
+InferenceService and ServingRuntime are checked structurally against the OpenAPI models it does
+ship (kserve/models, read from source, and kubernetes.client.models for embedded core types): every field name
+known at its place, every value of the declared type.
+
+No API server can run here, so the rollout talks to a small double of one that speaks the
+documented server-side-apply wire format (PATCH, application/apply-patch+yaml, fieldManager,
+force) with the semantics that matter for one field manager: the object becomes what was applied.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import json
+import re
+import threading
+from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from issueops.errors import InvalidInput, NotFound, Unauthorized, Unavailable
+from issueops.kserve import (
+    Placement,
+    deploy_version,
+    inference_service,
+    promote,
+    revert,
+    service_name,
+)
+from tests.conftest import REPO
+
+KSERVE_DIR = REPO / "manifests" / "kserve"
+URI = "s3://issueops/triton/breast-cancer-random-forest/{v}/{t}"
+
+
+@cache
+def kserve_models() -> dict[str, tuple[dict, dict]]:
+    """openapi_types and attribute_map of every model class kserve ships, read from its source.
+
+    Importing kserve registers its copy of the V2 gRPC protocol, which clashes with tritonclient's
+    in one process (test_serving imports tritonclient.grpc), so the dicts are read with ast.
+    """
+    spec = importlib.util.find_spec("kserve")
+    found = {}
+    for path in (Path(spec.submodule_search_locations[0]) / "models").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                values = {
+                    target.id: ast.literal_eval(item.value)
+                    for item in node.body
+                    if isinstance(item, ast.Assign)
+                    for target in item.targets
+                    if isinstance(target, ast.Name) and target.id in ("openapi_types", "attribute_map")
+                }
+                if len(values) == 2:
+                    found[node.name] = (values["openapi_types"], values["attribute_map"])
+    return found
+
+
+def structural_problems(data, type_name: str, path: str = "") -> list[str]:
+    """Every field unknown to kserve's / kubernetes' generated models, or of the wrong type."""
+    import kubernetes.client.models
+
+    if type_name == "object":
+        return []
+    if type_name in ("str", "int", "bool", "float"):
+        kinds = {"str": str, "int": int, "bool": bool, "float": (int, float)}[type_name]
+        ok = isinstance(data, kinds) and not (type_name == "int" and isinstance(data, bool))
+        return [] if ok else [f"{path}: {data!r} is not {type_name}"]
+    if match := re.fullmatch(r"list\[(.+)\]", type_name):
+        if not isinstance(data, list):
+            return [f"{path}: not a list"]
+        return [p for i, item in enumerate(data) for p in structural_problems(item, match[1], f"{path}[{i}]")]
+    if match := re.fullmatch(r"dict\((\w+), (.+)\)", type_name):
+        if not isinstance(data, dict):
+            return [f"{path}: not a mapping"]
+        return [p for k, v in data.items() for p in structural_problems(v, match[2], f"{path}.{k}")]
+    if type_name in kserve_models():
+        types, names = kserve_models()[type_name]
+    elif (model := getattr(kubernetes.client.models, type_name, None)) is not None:
+        types, names = model.openapi_types, model.attribute_map
+    else:
+        return []  # a type neither package describes: nothing to check against
+    if not isinstance(data, dict):
+        return [f"{path}: not an object ({type_name})"]
+    fields = {json_name: attr for attr, json_name in names.items()}
+    problems = []
+    for key, value in data.items():
+        if key not in fields:
+            problems.append(f"{path}.{key}: not a field of {type_name}")
+        else:
+            problems += structural_problems(value, types[fields[key]], f"{path}.{key}")
+    return problems
+
+
+def check_inference_service(manifest: dict) -> None:
+    assert structural_problems(manifest, "V1beta1InferenceService", "InferenceService") == []
+    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])
+    model = manifest["spec"]["predictor"]["model"]
+    assert model["runtime"] == "issueops-triton" and model["protocolVersion"] == "v2"
+    assert model["resources"]["requests"] and model["resources"]["limits"]
+
+
+def test_structural_check_catches_misplaced_and_mistyped_fields():
+    manifest = inference_service("m", 1, URI.format(v=1, t="cpu"))
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["predictor"]["canaryTrafficPercentage"] = 10
+    broken["spec"]["predictor"]["minReplicas"] = "1"
+    broken["spec"]["predictor"]["model"]["storageURI"] = "s3://x"
+    problems = structural_problems(broken, "V1beta1InferenceService")
+    assert len(problems) == 3 and any("canaryTrafficPercentage" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "placement, canary",
+    [
+        (Placement(), None),
+        (Placement(), 25),
+        (Placement("gpu"), None),
+        (Placement("gpu", True, "NVIDIA-A10G"), 10),
+    ],
+    ids=["cpu", "cpu-canary", "gpu-onnx", "gpu-plan-canary"],
+)
+def test_inference_service_per_placement(placement, canary):
+    target = "gpu" if placement.device == "gpu" else "cpu"
+    manifest = inference_service(
+        "Breast_Cancer RF", 4, URI.format(v=4, t=target), placement=placement, canary_percent=canary
+    )
+    check_inference_service(manifest)
+    predictor = manifest["spec"]["predictor"]
+    assert manifest["metadata"]["name"] == "breast-cancer-rf"
+    assert manifest["metadata"]["annotations"]["issueops.io/version"] == "4"
+    assert predictor["model"]["storageUri"].endswith(f"/4/{target}")
+    assert predictor.get("canaryTrafficPercent") == canary
+    limits = predictor["model"]["resources"]["limits"]
+    if placement.device == "cpu":
+        assert (
+            "nvidia.com/gpu" not in limits
+            and "nodeSelector" not in predictor
+            and "tolerations" not in predictor
+        )
+    else:
+        assert limits["nvidia.com/gpu"] == "1"
+        assert predictor["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        expected = (
+            {"nvidia.com/gpu.product": "NVIDIA-A10G"}
+            if placement.plan
+            else {"nvidia.com/gpu.present": "true"}
+        )
+        assert predictor["nodeSelector"] == expected
+
+
+def test_bad_manifest_inputs_are_refused():
+    with pytest.raises(InvalidInput, match="not reachable from a cluster"):
+        inference_service("m", 1, "/home/me/.issueops/store/triton/m/1/cpu")
+    with pytest.raises(InvalidInput, match="percentage"):
+        inference_service("m", 1, URI.format(v=1, t="cpu"), canary_percent=120)
+    assert len(service_name("x" * 80)) <= 45 and service_name("9lives") == "m-9lives"
+
+
+def test_examples_are_what_the_code_writes():
+    examples = {p.name: yaml.safe_load(p.read_text()) for p in (KSERVE_DIR / "examples").glob("*.yaml")}
+    assert examples["inferenceservice-cpu.yaml"] == inference_service(
+        "breast-cancer-random-forest", 1, URI.format(v=1, t="cpu"), run_id="train-20261121-172359-79cf"
+    )
+    assert examples["inferenceservice-canary.yaml"] == inference_service(
+        "breast-cancer-random-forest",
+        2,
+        URI.format(v=2, t="cpu"),
+        canary_percent=10,
+        run_id="train-20261122-090000-a1b2",
+    )
+    assert examples["inferenceservice-gpu-plan.yaml"] == inference_service(
+        "wine-mlp",
+        3,
+        "s3://issueops/triton/wine-mlp/3/gpu",
+        placement=Placement("gpu", True, "NVIDIA-H100-80GB-HBM3"),
+        run_id="train-20261123-100000-c3d4",
+    )
+    for manifest in examples.values():
+        check_inference_service(manifest)
+
+
+def test_kserve_manifests_validate():
+    import kubernetes_validate
+
+    documents = [
+        doc
+        for path in sorted(KSERVE_DIR.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds == ["Role", "RoleBinding", "ServiceAccount", "ServingRuntime"]
+    for doc in documents:
+        if doc["kind"] == "ServingRuntime":
+            assert structural_problems(doc, "V1alpha1ServingRuntime", "ServingRuntime") == []
+            container = doc["spec"]["containers"][0]
+            assert re.search(r":\d+\.\d+-py3$", container["image"]), "the Triton image is pinned"
+            assert container["resources"]["requests"] and container["resources"]["limits"]
+        else:
+            kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    kustomization = yaml.safe_load((KSERVE_DIR / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in KSERVE_DIR.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+
+
+class ApiServerDouble:
+    """The slice of the Kubernetes API the deploy step uses, on loopback."""
+
+    PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices/([^/?]+)")
+
+    def __init__(self, *, status: int | None = None):
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.requests: list[dict] = []
+        self.forced_status = status
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def status(self, code: int, reason: str, message: str):
+                self.reply(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "message": message,
+                        "reason": reason,
+                        "code": code,
+                    },
+                )
+
+            def do_GET(self):
+                match = double.PATH.match(self.path)
+                double.requests.append({"method": "GET", "path": self.path})
+                if not match or (match[1], match[2]) not in double.objects:
+                    return self.status(404, "NotFound", "inferenceservices not found")
+                return self.reply(200, double.objects[(match[1], match[2])])
+
+            def do_PATCH(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                query = dict(p.split("=", 1) for p in self.path.partition("?")[2].split("&") if "=" in p)
+                double.requests.append(
+                    {
+                        "method": "PATCH",
+                        "path": self.path,
+                        "query": query,
+                        "content_type": self.headers["Content-Type"],
+                    }
+                )
+                if double.forced_status:
+                    return self.status(double.forced_status, "Forbidden", "denied by the double")
+                match = double.PATH.match(self.path)
+                if not match:
+                    return self.status(404, "NotFound", "the server could not find the requested resource")
+                if self.headers["Content-Type"] != "application/apply-patch+yaml":
+                    return self.status(415, "UnsupportedMediaType", "not an apply patch")
+                if not query.get("fieldManager"):
+                    return self.status(422, "Invalid", "fieldManager is required for apply requests")
+                applied = yaml.safe_load(body)  # apply-patch+yaml: JSON is YAML
+                key = (match[1], match[2])
+                existed = key in double.objects
+                generation = double.objects[key]["metadata"]["generation"] + 1 if existed else 1
+                applied["metadata"].update(
+                    generation=generation,
+                    uid="0f0e",
+                    resourceVersion=str(generation),
+                    managedFields=[{"manager": query["fieldManager"], "operation": "Apply"}],
+                )
+                applied["status"] = {"url": f"http://{key[1]}.{key[0]}.example.com"}
+                double.objects[key] = applied
+                return self.reply(200 if existed else 201, applied)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def client(self):
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(configuration)
+
+
+def packaged(store, model: str, *versions: int) -> None:
+    """package.json as the package step writes it, with repositories in S3."""
+    for version in versions:
+        targets = {
+            t: {"uri": f"s3://issueops/triton/{model}/{version}/{t}", "files": {}, "plan": False}
+            for t in ("cpu", "gpu")
+        }
+        store.put_bytes(
+            f"triton/{model}/{version}/package.json",
+            json.dumps(
+                {"model": model, "version": version, "run_id": f"run-{version}", "targets": targets}
+            ).encode(),
+        )
+
+
+def test_canary_rollout_promotion_and_revert_by_server_side_apply(store):
+    packaged(store, "bc-rf", 1, 2)
+    with ApiServerDouble() as server:
+        api = server.client()
+        first = deploy_version("bc-rf", 1, store=store, approved=False, namespace="ml", api=api)
+        assert first.canary_percent is None and first.previous_version is None  # nothing to canary against
+        assert first.endpoint == "http://bc-rf.ml.example.com/v2/models/bc-rf"
+
+        canary = deploy_version("bc-rf", 2, store=store, approved=False, namespace="ml", api=api)
+        served = server.objects[("ml", "bc-rf")]
+        assert (canary.canary_percent, canary.previous_version) == (10, 1)
+        assert served["spec"]["predictor"]["canaryTrafficPercent"] == 10
+        assert served["spec"]["predictor"]["model"]["storageUri"] == "s3://issueops/triton/bc-rf/2/cpu"
+
+        promote("bc-rf", 2, store=store, namespace="ml", api=api)
+        assert "canaryTrafficPercent" not in server.objects[("ml", "bc-rf")]["spec"]["predictor"]
+
+        back = revert("bc-rf", 1, store=store, namespace="ml", api=api)
+        served = server.objects[("ml", "bc-rf")]
+        assert back.previous_version == 2 and served["metadata"]["annotations"]["issueops.io/version"] == "1"
+        assert served["spec"]["predictor"]["model"]["storageUri"].endswith("/bc-rf/1/cpu")
+        for manifest in server.objects.values():
+            check_inference_service({k: v for k, v in manifest.items() if k != "status"})
+    patches = [r for r in server.requests if r["method"] == "PATCH"]
+    assert len(patches) == 4
+    assert all(r["content_type"] == "application/apply-patch+yaml" for r in patches)
+    assert all(r["query"] == {"fieldManager": "issueops", "force": "true"} for r in patches)
+
+
+def test_gpu_deployment_uses_the_gpu_repository(store, monkeypatch):
+    packaged(store, "wine-mlp", 1)
+    monkeypatch.setenv("ISSUEOPS_SERVING_DEVICE", "gpu")
+    with ApiServerDouble() as server:
+        deployment = deploy_version(
+            "wine-mlp", 1, store=store, approved=True, namespace="ml", api=server.client()
+        )
+        predictor = server.objects[("ml", "wine-mlp")]["spec"]["predictor"]
+    assert deployment.device == "gpu" and deployment.storage_uri.endswith("/wine-mlp/1/gpu")
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_api_refusals_become_clear_errors(store, monkeypatch, tmp_path):
+    packaged(store, "bc-rf", 1)
+    with ApiServerDouble(status=403) as server, pytest.raises(Unauthorized, match="denied by the double"):
+        deploy_version("bc-rf", 1, store=store, approved=True, namespace="ml", api=server.client())
+    with pytest.raises(NotFound, match="not packaged"):
+        deploy_version("bc-rf", 7, store=store, approved=True, namespace="ml", api=object())
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(Unavailable, match="KUBECONFIG"):
+        deploy_version("bc-rf", 1, store=store, approved=True, namespace="ml")
+
+
+def test_the_example_runtime_serves_the_repository_layout():
+    runtime = yaml.safe_load((KSERVE_DIR / "servingruntime-triton.yaml").read_text())
+    args = runtime["spec"]["containers"][0]["args"]
+    assert "--model-store=/mnt/models" in args and "--disable-auto-complete-config" in args
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    assert Path(KSERVE_DIR / "examples").is_dir()
