@@ -152,23 +152,115 @@ class Algorithm:
 
 
 SEED = Param("random_state", "int", 42, 0, 2**31 - 1, help="seed for every random choice")
+FEATURE_DIM = Param(
+    "feature_dim",
+    "int",
+    None,
+    1,
+    1_000_000,
+    nullable=True,
+    help="number of input features (the seed's SageMaker spelling); checked against the data",
+)
 _NN_COMMON = (
     Param("hidden_units", "int_list", [64, 32], 1, 4096, help="units per hidden layer"),
     Param("epochs", "int", 100, 1, 10000),
     Param("learning_rate", "float", 1e-3, 0, 10, exclusive_minimum=True),
     Param("batch_size", "int", 32, 1, 65536),
 )
-_RL_COMMON = (
-    Param("gamma", "float", 0.99, 0, 1, exclusive_minimum=True, help="discount factor"),
-    Param("learning_rate", "float", 3e-4, 0, 1, exclusive_minimum=True, aliases=("lr",)),
-    Param("num_episodes", "int", None, 1, 10_000_000, nullable=True, help="budget in episodes"),
-    Param("training_iterations", "int", None, 1, 100_000, nullable=True, help="budget in iterations"),
-    Param("timesteps", "int", None, 1, 1_000_000_000, nullable=True, help="budget in env steps"),
-    Param("train_batch_size", "int", 4000, 32, 1_000_000),
-    Param("hidden_units", "int_list", [256, 256], 1, 4096, help="policy network layers"),
-    Param("num_env_runners", "int", 1, 0, 256),
-    SEED,
+_RL_BUDGET = (
+    Param(
+        "num_episodes",
+        "int",
+        None,
+        1,
+        10_000_000,
+        nullable=True,
+        aliases=("episodes",),
+        help="budget: stop after this many training episodes (give one budget)",
+    ),
+    Param(
+        "training_iterations",
+        "int",
+        None,
+        1,
+        100_000,
+        nullable=True,
+        aliases=("iterations",),
+        help="budget: stop after this many RLlib iterations (give one budget)",
+    ),
+    Param(
+        "timesteps",
+        "int",
+        None,
+        1,
+        1_000_000_000,
+        nullable=True,
+        aliases=("total_timesteps",),
+        help="budget: stop after this many environment steps; 100000 when no budget is given",
+    ),
 )
+
+
+def _rl_params(*, lr: float, batch: int, runners: int, min_runners: int = 0, extra=()) -> tuple:
+    """Hyperparameters every RLlib algorithm shares, with its own defaults, then its own ones."""
+    return (
+        Param("gamma", "float", 0.99, 0, 1, exclusive_minimum=True, help="discount factor"),
+        Param("learning_rate", "float", lr, 0, 1, exclusive_minimum=True, aliases=("lr",)),
+        *_RL_BUDGET,
+        Param("train_batch_size", "int", batch, 16, 1_000_000, help="env steps per update"),
+        Param(
+            "hidden_units",
+            "int_list",
+            [256, 256],
+            1,
+            4096,
+            aliases=("model_size", "fcnet_hiddens"),
+            help="policy network layers",
+        ),
+        Param("num_env_runners", "int", runners, min_runners, 256, help="sampling actors, 1 CPU each"),
+        Param("evaluation_episodes", "int", 10, 1, 10_000, help="episodes the trained policy is scored on"),
+        *extra,
+        SEED,
+    )
+
+
+_ASYNC_EXTRA = (Param("entropy_coeff", "float", 0.01, 0, 1),)
+_PPO = _rl_params(
+    lr=3e-4,
+    batch=4000,
+    runners=1,
+    extra=(
+        Param("num_epochs", "int", 10, 1, 1000, aliases=("num_sgd_iter",), help="passes over each batch"),
+        Param("minibatch_size", "int", 256, 1, 1_000_000, aliases=("sgd_minibatch_size",)),
+        Param("clip_param", "float", 0.3, 0, 10, exclusive_minimum=True),
+        Param("entropy_coeff", "float", 0.0, 0, 1),
+    ),
+)
+_DQN = _rl_params(
+    lr=5e-4,
+    batch=32,
+    runners=0,
+    extra=(
+        Param("replay_buffer_capacity", "int", 50_000, 100, 10_000_000, aliases=("buffer_size",)),
+        Param("target_network_update_freq", "int", 500, 1, 10_000_000, help="env steps between syncs"),
+        Param(
+            "learning_starts",
+            "int",
+            1000,
+            0,
+            10_000_000,
+            aliases=("num_steps_sampled_before_learning_starts",),
+            help="env steps sampled before the first update",
+        ),
+        Param("exploration_final_epsilon", "float", 0.05, 0, 1),
+        Param(
+            "exploration_timesteps", "int", 10_000, 1, 1_000_000_000, help="epsilon decays over these steps"
+        ),
+        Param("double_q", "bool", True),
+        Param("dueling", "bool", True),
+    ),
+)
+_APPO = _rl_params(lr=5e-4, batch=500, runners=1, min_runners=1, extra=_ASYNC_EXTRA)
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
@@ -236,7 +328,7 @@ ALGORITHMS: dict[str, Algorithm] = {
                 Param("max_iter", "int", 300, 1, 1_000_000),
                 Param("init", "str", "k-means++", choices=("k-means++", "random")),
                 Param("n_init", "int", 10, 1, 1000),
-                Param("feature_dim", "int", None, 1, 1_000_000, nullable=True),
+                FEATURE_DIM,
                 SEED,
             ),
             description="scikit-learn KMeans",
@@ -248,7 +340,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (
                 Param("eps", "float", 0.5, 0, 1e9, exclusive_minimum=True),
                 Param("min_samples", "int", 5, 1, 100_000),
-                Param("feature_dim", "int", None, 1, 1_000_000, nullable=True),
+                FEATURE_DIM,
             ),
             description="scikit-learn DBSCAN",
             servable=False,
@@ -261,7 +353,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             + (
                 Param("latent_dim", "int", 2, 1, 4096, aliases=("encoding_dim",)),
                 Param("n_clusters", "int", 8, 1, 100_000, aliases=("k",)),
-                Param("feature_dim", "int", None, 1, 1_000_000, nullable=True),
+                FEATURE_DIM,
                 SEED,
             ),
             description="PyTorch autoencoder, k-means on its latent space",
@@ -272,7 +364,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             ("dimensionality_reduction",),
             (
                 Param("num_components", "int", 2, 1, 100_000, aliases=("n_components",)),
-                Param("feature_dim", "int", None, 1, 1_000_000, nullable=True),
+                FEATURE_DIM,
                 SEED,
             ),
             default_metric="explained_variance_ratio",
@@ -287,24 +379,43 @@ ALGORITHMS: dict[str, Algorithm] = {
                 Param("n_components", "int", 2, 1, 3),
                 Param("learning_rate", "float", None, 0, 1e6, exclusive_minimum=True, nullable=True),
                 Param("max_iter", "int", 1000, 250, 100_000),
+                FEATURE_DIM,
                 SEED,
             ),
             default_metric="trustworthiness",
             description="scikit-learn t-SNE",
             servable=False,
         ),
-        Algorithm("ppo", "reinforcement", ("control",), _RL_COMMON, description="RLlib PPO"),
-        Algorithm("dqn", "reinforcement", ("control",), _RL_COMMON, description="RLlib DQN"),
+        Algorithm(
+            "ppo",
+            "reinforcement",
+            ("control",),
+            _PPO,
+            description="RLlib PPO (new API stack)",
+        ),
+        Algorithm(
+            "dqn",
+            "reinforcement",
+            ("control",),
+            _DQN,
+            description="RLlib DQN (new API stack; discrete actions only)",
+        ),
         Algorithm(
             "a3c",
             "reinforcement",
             ("control",),
-            _RL_COMMON,
+            _APPO,
             description="asynchronous actor-critic, run as RLlib APPO",
             note="RLlib no longer ships A3C; a3c runs APPO, its maintained asynchronous successor.",
         ),
-        Algorithm("appo", "reinforcement", ("control",), _RL_COMMON, description="RLlib APPO"),
-        Algorithm("impala", "reinforcement", ("control",), _RL_COMMON, description="RLlib IMPALA"),
+        Algorithm("appo", "reinforcement", ("control",), _APPO, description="RLlib APPO (new API stack)"),
+        Algorithm(
+            "impala",
+            "reinforcement",
+            ("control",),
+            _APPO,
+            description="RLlib IMPALA (new API stack)",
+        ),
     )
 }
 
