@@ -5,13 +5,15 @@ per-algorithm knowledge:
 
   inputs   input        FP32  [batch, n_numeric]      numeric features, NaN = missing
            categorical  BYTES [batch, n_categorical]  text features, "" = missing
-  outputs  label        INT64 [batch]                 class index into the model's `classes`
+  outputs  label        INT64 [batch]                 class index into `classes`, or the cluster
            probabilities FP32 [batch, n_classes]      classification
            prediction   FP32 [batch, 1]               regression
+           distances    FP64 [batch, n_clusters]      k-means: distance to every centre
+           embedding    [batch, n_components]         PCA (FP64), the autoencoder's latent (FP32)
 
 Column order is the training order, recorded in the export's `feature_columns`. Parity is checked
 on the test split before anything is written: probabilities and outputs within 1e-4 (relative
-above 1), labels identical.
+above 1), labels (classes, clusters) identical.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from issueops.errors import Conflict, IssueOpsError, Unavailable
+from issueops.errors import Conflict, InvalidInput, IssueOpsError, Unavailable
 from issueops.training import read_manifest
 
 TOLERANCE = 1e-4
@@ -38,6 +40,19 @@ IR_VERSION = 8
 # exact tie in the trained model (0.5 / 0.5 from a forest) is broken the same way (first class)
 # instead of by float32 rounding noise.
 TIE_DECIMALS = 5
+
+# What each task's graph answers, and under which output names.
+_MODES = {
+    "classification": "classify",
+    "regression": "regress",
+    "clustering": "cluster",
+    "dimensionality_reduction": "embed",
+}
+_OUTPUTS = {
+    "classify": ["label", "probabilities"],
+    "regress": ["prediction"],
+    "cluster": ["label", "embedding"],
+}
 
 NUMERIC_INPUT = "input"
 CATEGORICAL_INPUT = "categorical"
@@ -94,8 +109,9 @@ class ExportResult:
         return data
 
 
-def export_model(model_dir: Path, test_frame: pd.DataFrame, out_path: Path) -> ExportResult:
-    """Export model_dir to ONNX at out_path after checking parity on test_frame.
+def export_model(model_dir: Path, test_frame: pd.DataFrame | None, out_path: Path) -> ExportResult:
+    """Export model_dir to ONNX at out_path after checking parity on test_frame (RL policies:
+    on observations sampled from the environment, against the RLlib checkpoint).
 
     Raises NotServable for algorithms that cannot predict on new data, ParityError when the
     graph disagrees with the model; in both cases out_path is not written.
@@ -103,20 +119,26 @@ def export_model(model_dir: Path, test_frame: pd.DataFrame, out_path: Path) -> E
     manifest = read_manifest(model_dir)
     algorithm = manifest.get("algorithm", "?")
     if not manifest.get("servable", True):
+        reason = manifest.get("servable_reason") or "it only describes the data it was fitted on"
         raise NotServable(
-            f"{algorithm} cannot predict on new data (it only describes the data it was fitted "
-            "on), so it is not servable: nothing is exported or deployed."
+            f"{algorithm} cannot predict on new data ({reason.rstrip('.')}), so it is not servable: "
+            "nothing is exported or deployed."
         )
-    if manifest.get("format") != "sklearn-pipeline":
-        raise Unavailable(
-            f"ONNX export for {algorithm} ({manifest.get('format', 'unknown format')}) is not "
-            "available yet; only supervised models are exported."
-        )
-    from issueops.training import load_model
+    if manifest.get("format") == "onnx-policy":
+        model, parity = policy_graph(Path(model_dir), manifest)
+        columns: dict[str, list[str]] = {}
+    elif manifest.get("format") == "sklearn-pipeline":
+        from issueops.training import load_model
 
-    pipeline = load_model(model_dir)
-    model, columns = to_onnx(pipeline, manifest)
-    parity = check_parity(pipeline, model, test_frame, columns, manifest["task_type"])
+        if test_frame is None:
+            raise InvalidInput(f"Parity of {algorithm} is checked on its test split, and none was given.")
+        pipeline = load_model(model_dir)
+        model, columns = to_onnx(pipeline, manifest)
+        parity = check_parity(pipeline, model, test_frame, columns, manifest["task_type"])
+    else:
+        raise Unavailable(
+            f"ONNX export for {algorithm} ({manifest.get('format', 'unknown format')}) is not available."
+        )
     if not parity.passed:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in parity.max_abs_diff.items())
         labels = {None: "", True: ", labels identical", False: ", labels differ"}[parity.labels_identical]
@@ -134,7 +156,7 @@ def export_model(model_dir: Path, test_frame: pd.DataFrame, out_path: Path) -> E
     return ExportResult(
         onnx_path=out_path,
         algorithm=algorithm,
-        task_type=manifest["task_type"],
+        task_type=manifest.get("task_type", "control"),
         inputs=inputs,
         outputs=outputs,
         feature_columns=columns,
@@ -158,17 +180,24 @@ def to_onnx(pipeline, manifest: dict[str, Any]):
     preprocess = pipeline.named_steps["preprocess"]
     estimator = pipeline.named_steps["model"]
     numeric, categorical = _feature_groups(preprocess)
-    classify = manifest["task_type"] == "classification"
-    torch_model = hasattr(estimator, "module_")
+    mode = _MODES.get(manifest["task_type"], "regress")
+    torch_model = hasattr(estimator, "module_") or hasattr(estimator, "to_torch")
     if torch_model and not categorical:
-        model = _torch_graph(estimator, preprocess, len(numeric), classify)
+        model = _torch_graph(estimator, preprocess, len(numeric), mode)
     else:
-        features = _preprocess_graph(preprocess, numeric, categorical, double=not torch_model)
+        # k-means and PCA stay in double end to end: their outputs are distances, not thresholds.
+        features = _preprocess_graph(
+            preprocess,
+            numeric,
+            categorical,
+            double=not torch_model,
+            double_features=mode in ("cluster", "embed") and not torch_model,
+        )
         n_features = features.graph.output[0].type.tensor_type.shape.dim[1].dim_value
         head = (
-            _torch_graph(estimator, None, n_features, classify)
+            _torch_graph(estimator, None, n_features, mode)
             if torch_model
-            else _estimator_graph(estimator, n_features, classify)
+            else _estimator_graph(estimator, n_features, mode)
         )
         model = onnx.compose.merge_models(features, head, io_map=[("features", "features")])
     model = onnx.helper.make_model(model.graph, opset_imports=_opsets(model), ir_version=IR_VERSION)
@@ -184,6 +213,55 @@ def to_onnx(pipeline, manifest: dict[str, Any]):
     )
     onnx.checker.check_model(model)
     return model, columns
+
+
+POLICY_SAMPLES = 256
+
+
+def policy_graph(model_dir: Path, manifest: dict[str, Any]):
+    """The RL trainer's exported greedy policy, checked against the RLlib checkpoint it came from
+    on observations sampled from the environment: actions identical (within 1e-4 when continuous),
+    scores within 1e-4."""
+    import gymnasium as gym
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from issueops.training.reinforcement import greedy_policy_module
+
+    model = onnx.load(str(model_dir / manifest["file"]))
+    onnx.checker.check_model(model)
+    env = gym.make(manifest["environment"])
+    env.observation_space.seed(0)
+    observations = np.stack([env.observation_space.sample() for _ in range(POLICY_SAMPLES)]).astype(
+        np.float32
+    )
+    info = {"action_kind": manifest["action_kind"]}
+    if hasattr(env.action_space, "low"):
+        info.update(action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
+    env.close()
+    try:
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        module = RLModule.from_checkpoint(str((model_dir / manifest["rl_module"]).resolve()))
+    except ImportError:
+        raise Unavailable("Checking an RL policy against its checkpoint needs ray[rllib].") from None
+    except Exception as exc:  # noqa: BLE001 - RLlib raises many kinds; the checkpoint is unusable
+        raise ParityError(
+            f"The RLlib checkpoint of {manifest.get('algorithm')} cannot be loaded: {exc}"
+        ) from None
+    policy = greedy_policy_module(module, info, dqn=manifest.get("rllib_algorithm") == "DQN")
+    with torch.no_grad():
+        expected = [t.numpy() for t in policy(torch.from_numpy(observations))]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    action, scores = session.run(["action", "scores"], {session.get_inputs()[0].name: observations})
+    discrete = manifest["action_kind"] == "discrete"
+    return model, ParityReport(
+        rows=POLICY_SAMPLES,
+        max_abs_diff={"scores": _max_diff(scores, expected[1].astype(np.float64))}
+        | ({} if discrete else {"action": _max_diff(action, expected[0].astype(np.float64))}),
+        labels_identical=bool(np.array_equal(action, expected[0])) if discrete else None,
+    )
 
 
 def graph_signature(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -230,7 +308,8 @@ def check_parity(
     )
     outputs = session.run(None, onnx_feeds(frame, columns, numeric_dtype))
     got = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
-    if task_type == "classification":
+    mode = _MODES.get(task_type, "regress")
+    if mode == "classify":
         expected_proba = np.asarray(pipeline.predict_proba(frame), dtype=np.float64)
         expected_label = np.asarray(pipeline.predict(frame)).astype(np.int64)
         return ParityReport(
@@ -238,12 +317,33 @@ def check_parity(
             max_abs_diff={"probabilities": _max_diff(got["probabilities"], expected_proba)},
             labels_identical=bool(np.array_equal(got["label"].astype(np.int64), expected_label)),
         )
-    expected = np.asarray(pipeline.predict(frame), dtype=np.float64).reshape(-1)
-    prediction = got["prediction"].astype(np.float64).reshape(-1)
-    scaled = np.abs(prediction - expected) / np.maximum(1.0, np.abs(expected))
+    if mode == "regress":
+        expected = np.asarray(pipeline.predict(frame), dtype=np.float64).reshape(-1, 1)
+        return ParityReport(
+            rows=len(frame),
+            max_abs_diff={"prediction": _scaled_diff(got["prediction"], expected)},
+            labels_identical=None,
+        )
+    values = next(name for name in ("distances", "embedding") if name in got)
+    expected = np.asarray(pipeline.transform(frame), dtype=np.float64)
+    labels = None
+    if mode == "cluster":
+        labels = bool(
+            np.array_equal(
+                got["label"].astype(np.int64), np.asarray(pipeline.predict(frame)).astype(np.int64)
+            )
+        )
     return ParityReport(
-        rows=len(frame), max_abs_diff={"prediction": float(scaled.max(initial=0.0))}, labels_identical=None
+        rows=len(frame), max_abs_diff={values: _scaled_diff(got[values], expected)}, labels_identical=labels
     )
+
+
+def _scaled_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest difference, relative where the value is above 1 in magnitude."""
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        return float("inf")
+    return float((np.abs(got - expected) / np.maximum(1.0, np.abs(expected))).max(initial=0.0))
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -269,8 +369,10 @@ def _opsets(model) -> list:
     return [helper.make_opsetid(d, v) for d, v in versions.items()]
 
 
-def _preprocess_graph(preprocess, numeric: list[str], categorical: list[str], *, double: bool):
-    """Graph from the raw input tensors to the float32 feature matrix `features`.
+def _preprocess_graph(
+    preprocess, numeric: list[str], categorical: list[str], *, double: bool, double_features: bool = False
+):
+    """Graph from the raw input tensors to the feature matrix `features` (float32, or double).
 
     Numeric: median imputation and standard scaling as plain operators (ONNX Runtime's Imputer
     has no double kernel). Text: skl2onnx's imputer and one-hot encoder, "" marking missing.
@@ -278,6 +380,7 @@ def _preprocess_graph(preprocess, numeric: list[str], categorical: list[str], *,
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, initializers, inputs, parts = [], [], [], []
+    feature_type = TensorProto.DOUBLE if double_features else TensorProto.FLOAT
     if numeric:
         pipe = preprocess.named_transformers_["numeric"]
         imputer, scaler = pipe.named_steps["impute"], pipe.named_steps["scale"]
@@ -299,7 +402,7 @@ def _preprocess_graph(preprocess, numeric: list[str], categorical: list[str], *,
             ),
             helper.make_node("Sub", ["numeric_imputed", "numeric_mean"], ["numeric_centred"]),
             helper.make_node("Div", ["numeric_centred", "numeric_scale"], ["numeric_scaled"]),
-            helper.make_node("Cast", ["numeric_scaled"], ["numeric_features"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["numeric_scaled"], ["numeric_features"], to=feature_type),
         ]
         elem = TensorProto.DOUBLE if double else TensorProto.FLOAT
         inputs.append(helper.make_tensor_value_info(NUMERIC_INPUT, elem, [None, len(numeric)]))
@@ -324,9 +427,7 @@ def _preprocess_graph(preprocess, numeric: list[str], categorical: list[str], *,
         initializers += list(text.graph.initializer)
         inputs += list(text.graph.input)
         nodes.append(
-            helper.make_node(
-                "Cast", [text.graph.output[0].name], ["categorical_features"], to=TensorProto.FLOAT
-            )
+            helper.make_node("Cast", [text.graph.output[0].name], ["categorical_features"], to=feature_type)
         )
         parts.append("categorical_features")
         model = text
@@ -336,7 +437,7 @@ def _preprocess_graph(preprocess, numeric: list[str], categorical: list[str], *,
         nodes,
         "preprocess",
         inputs,
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("features", feature_type, [None, n_features])],
         initializers,
     )
     opsets = _opsets(model) if model is not None else [helper.make_opsetid("", OPSET[""])]
@@ -347,26 +448,29 @@ def _n_features(preprocess) -> int:
     return len(preprocess.get_feature_names_out())
 
 
-def _estimator_graph(estimator, n_features: int, classify: bool):
-    """skl2onnx conversion of the estimator alone, on the float32 `features` matrix."""
+def _estimator_graph(estimator, n_features: int, mode: str):
+    """skl2onnx conversion of the estimator alone, on the `features` matrix (float32 for
+    predictors, double for k-means and PCA)."""
     from onnx import helper
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
     _register_xgboost()
-    options = {id(estimator): {"zipmap": False}} if classify else None
+    options = {id(estimator): {"zipmap": False}} if mode == "classify" else None
+    features = (FloatTensorType if mode in ("classify", "regress") else DoubleTensorType)([None, n_features])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = convert_sklearn(
-            estimator,
-            initial_types=[("features", FloatTensorType([None, n_features]))],
-            options=options,
-            target_opset=OPSET,
+            estimator, initial_types=[("features", features)], options=options, target_opset=OPSET
         )
-    if classify:
+    if mode == "classify":
         _tie_aware_label(model, np.asarray(estimator.classes_, dtype=np.int64))
-    else:
+    elif mode == "regress":
         _rename(model.graph, "variable", "prediction")
+    elif mode == "cluster":
+        _rename(model.graph, "scores", "distances")
+    else:
+        _rename(model.graph, "variable", "embedding")
     return helper.make_model(model.graph, opset_imports=_opsets(model), ir_version=IR_VERSION)
 
 
@@ -396,17 +500,16 @@ def _register_xgboost() -> None:
     )
 
 
-def _torch_graph(estimator, preprocess, n_inputs: int, classify: bool):
-    """torch.onnx export of the MLP, with the numeric preprocessing as tensor ops when given.
-
-    With preprocessing the graph reads `input` (FP32); without, the `features` matrix.
+def _torch_graph(estimator, preprocess, n_inputs: int, mode: str):
+    """torch.onnx export of the MLP or autoencoder, with the numeric preprocessing as tensor ops
+    when given. With preprocessing the graph reads `input` (FP32); without, the `features` matrix.
     """
     import onnx
     import torch
 
-    head = _torch_head_class()(estimator, preprocess, classify)
+    head = _torch_head_class()(estimator, preprocess, mode)
     input_name = NUMERIC_INPUT if preprocess is not None else "features"
-    outputs = ["label", "probabilities"] if classify else ["prediction"]
+    outputs = _OUTPUTS[mode]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -465,10 +568,12 @@ def _torch_head_class():
     class TorchServingHead(nn.Module):
         """Imputation and scaling (optional), the network, then label and probabilities."""
 
-        def __init__(self, estimator, preprocess, classify: bool):
+        def __init__(self, estimator, preprocess, mode: str):
             super().__init__()
-            self.net = copy.deepcopy(estimator.module_).eval()
-            self.classify = classify
+            # The autoencoder maps features to (cluster, latent) itself; the MLP gets a head here.
+            net = estimator.to_torch() if mode == "cluster" else estimator.module_
+            self.net = copy.deepcopy(net).eval()
+            self.mode = mode
             self.preprocess = preprocess is not None
             if self.preprocess:
                 numeric = preprocess.named_transformers_["numeric"]
@@ -483,9 +588,10 @@ def _torch_head_class():
                 self.register_buffer("median", torch.tensor(imputer.statistics_, dtype=torch.float32))
                 self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
                 self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
-            if classify:
-                self.register_buffer("classes", torch.tensor(np.asarray(estimator.classes_, dtype=np.int64)))
-            else:
+            if mode == "classify":
+                classes = np.asarray(estimator.classes_, dtype=np.int64)
+                self.register_buffer("classes", torch.tensor(classes))
+            elif mode == "regress":
                 self.y_mean, self.y_std = float(estimator.y_mean_), float(estimator.y_std_)
 
         def forward(self, x):
@@ -493,7 +599,9 @@ def _torch_head_class():
                 x = torch.where(torch.isnan(x), self.median, x)
                 x = (x - self.mean) / self.scale
             out = self.net(x)
-            if not self.classify:
+            if self.mode == "cluster":
+                return out
+            if self.mode == "regress":
                 return out * self.y_std + self.y_mean
             probabilities = torch.softmax(out, dim=1)
             position = torch.argmax(torch.round(probabilities * 10.0**TIE_DECIMALS), dim=1)

@@ -72,6 +72,7 @@ def package_model(
 ) -> PackageResult:
     """Export, check and publish one registered version as Triton repositories (cpu and gpu)."""
     from issueops.export import export_model
+    from issueops.training import read_manifest
 
     settings = settings or Settings.from_env()
     store = store or open_store(settings)
@@ -88,7 +89,10 @@ def package_model(
     with tempfile.TemporaryDirectory(prefix="issueops-package-") as work:
         work = Path(work)
         model_dir = registry.download(model, info.version, work / "download")
-        exported = export_model(model_dir, test_split(store, info.run_id), work / triton.ONNX_FILE)
+        manifest = read_manifest(model_dir)
+        tabular = manifest.get("format") == "sklearn-pipeline" and manifest.get("servable", True)
+        frame = test_split(store, info.run_id) if tabular else None  # RL policies: checked on the env
+        exported = export_model(model_dir, frame, work / triton.ONNX_FILE)
         parameters = {
             "algorithm": exported.algorithm,
             "task_type": exported.task_type,

@@ -27,6 +27,17 @@ CASES = {
     "random-forest-text-features": "algorithm: random_forest\ndataset_id: mixed.csv\ntarget: label\nhyperparameters: {n_estimators: 20}",
     "mlp-text-features": "algorithm: neural_network\ndataset_id: mixed.csv\ntarget: label\nhyperparameters: {epochs: 10}",
     "xgboost-regression-text-features": "algorithm: xgboost\ntask_type: regression\ndataset_id: mixed.csv\ntarget: amount\nhyperparameters: {n_estimators: 20}",
+    "kmeans": "learning_type: unsupervised\nalgorithm: kmeans\ndataset_id: sklearn:iris\nhyperparameters: {n_clusters: 3}",
+    "kmeans-text-features": "learning_type: unsupervised\nalgorithm: kmeans\ndataset_id: mixed.csv\nhyperparameters: {n_clusters: 3}",
+    "pca": "learning_type: unsupervised\nalgorithm: pca\ntask_type: dimensionality_reduction\ndataset_id: sklearn:wine",
+    "autoencoder": "learning_type: unsupervised\nalgorithm: autoencoder\ndataset_id: sklearn:wine\nhyperparameters: {epochs: 10, n_clusters: 3}",
+}
+OUTPUTS = {
+    "classification": ["label", "probabilities"],
+    "regression": ["prediction"],
+    "kmeans": ["label", "distances"],
+    "autoencoder": ["label", "embedding"],
+    "pca": ["embedding"],
 }
 
 
@@ -50,7 +61,9 @@ def mixed_table(path) -> None:
 
 
 def trained(settings, store, tmp_path, body: str):
-    spec = parse_issue_body(f"learning_type: supervised\n{body}")
+    spec = parse_issue_body(
+        body if body.startswith("learning_type") else f"learning_type: supervised\n{body}"
+    )
     prepare_data(spec, settings, store, tmp_path / "p")
     train_model(spec, tmp_path / "p", tmp_path / "m", run_id="run-1")
     return spec, PreparedData.open(tmp_path / "p").table("test")
@@ -69,29 +82,72 @@ def test_export_matches_the_trained_model(settings, store, tmp_path, case):
     # Check independently: ONNX Runtime on the file against the model's own predictions.
     model = load_model(tmp_path / "m")
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    numeric_type = np.float32 if spec.algorithm == "neural_network" else np.float64
-    feeds = onnx_feeds(test, result.feature_columns, numeric_type)
+    torch_model = spec.algorithm in ("neural_network", "autoencoder")
+    feeds = onnx_feeds(test, result.feature_columns, np.float32 if torch_model else np.float64)
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     features = test[[c for cols in result.feature_columns.values() for c in cols]].copy()
     for column in result.feature_columns.get("categorical", []):
         features[column] = features[column].astype(object).where(features[column].notna(), np.nan)
-    if spec.task_type == "classification":
+    kind = spec.task_type if spec.learning_type == "supervised" else spec.algorithm
+    assert [o.name for o in result.outputs] == OUTPUTS[kind]
+    if "label" in outputs:
         assert np.array_equal(outputs["label"], model.predict(features))
+    if "probabilities" in outputs:
         assert np.abs(outputs["probabilities"] - model.predict_proba(features)).max() <= 1e-4
-        assert [o.name for o in result.outputs] == ["label", "probabilities"]
-    else:
+    if "prediction" in outputs:
         expected = model.predict(features)
         assert np.all(
             np.abs(outputs["prediction"].ravel() - expected) <= 1e-4 * np.maximum(1, np.abs(expected))
         )
-        assert [(o.name, o.shape) for o in result.outputs] == [("prediction", [-1, 1])]
+        assert result.outputs[0].shape == [-1, 1]
+    for name in ("distances", "embedding"):
+        if name in outputs:
+            assert np.abs(outputs[name] - model.transform(features)).max() <= 1e-4
     names = [i.name for i in result.inputs]
     assert names == (["input", "categorical"] if "text" in case else ["input"])
-    assert result.inputs[0].datatype == ("FP32" if spec.algorithm == "neural_network" else "FP64")
-    assert result.standard_ops_only == (case in ("mlp-classification", "mlp-regression"))
+    assert result.inputs[0].datatype == ("FP32" if torch_model else "FP64")
+    assert result.standard_ops_only == (
+        case in ("mlp-classification", "mlp-regression", "kmeans", "pca", "autoencoder")
+    )
     if case == "random-forest-ties":
         ties = np.isclose(model.predict_proba(features).max(axis=1), 0.5)
         assert ties.sum() > 0  # the case exercises what it says
+
+
+@pytest.mark.parametrize("algorithm", ["dbscan", "tsne"])
+def test_transductive_algorithms_are_not_servable(settings, store, tmp_path, algorithm):
+    task = "clustering" if algorithm == "dbscan" else "dimensionality_reduction"
+    _, test = trained(
+        settings,
+        store,
+        tmp_path,
+        f"learning_type: unsupervised\nalgorithm: {algorithm}\ntask_type: {task}\ndataset_id: sklearn:iris",
+    )
+    with pytest.raises(NotServable, match=f"{algorithm} cannot predict on new data.*not servable"):
+        export_model(tmp_path / "m", test, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_reinforcement_policy_matches_its_rllib_checkpoint(tmp_path, monkeypatch):
+    """One PPO iteration on CartPole (about 10 s with Ray on one CPU), then the exported policy
+    against the RLModule restored from the checkpoint, on 256 sampled observations."""
+    from issueops.training.reinforcement import prepare_environment
+
+    monkeypatch.setenv("ISSUEOPS_RAY_CPUS", "1")
+    spec = parse_issue_body(
+        "learning_type: reinforcement\nalgorithm: ppo\nenvironment: CartPole-v1\n"
+        "hyperparameters: {training_iterations: 1, train_batch_size: 64, num_env_runners: 0, hidden_units: [16]}"
+    )
+    prepare_environment(spec, tmp_path / "p")
+    train_model(spec, tmp_path / "p", tmp_path / "m", run_id="run-rl")
+    result = export_model(tmp_path / "m", None, tmp_path / "model.onnx")
+    assert result.parity.passed and result.parity.labels_identical and result.parity.rows == 256
+    assert [(t.name, t.datatype, t.shape) for t in result.inputs] == [("obs", "FP32", [-1, 4])]
+    assert [(t.name, t.datatype, t.shape) for t in result.outputs] == [
+        ("action", "INT64", [-1]),
+        ("scores", "FP32", [-1, 2]),
+    ]
+    assert result.standard_ops_only
 
 
 def test_algorithms_that_cannot_predict_are_not_servable(tmp_path):
