@@ -704,3 +704,51 @@ def test_operator_timeout_fails_the_request_with_a_notice(gh, settings):
         assert "timed out waiting for the operator" in hub.bodies(number)[-1]
     finally:
         hub.close()
+
+
+def test_github_gets_its_answer_while_the_worker_is_stuck(gh, settings):
+    hub = Hub(gh, settings, max_running=0)
+    hub.start_worker()
+    try:
+        route = "GET /repos/{owner}/{repo}/collaborators/{username}/permission"
+        gh.inject(route, "hang", times=10, hang_seconds=20)
+        first = gh.create_issue("Train", body="x", labels=["mlops:train"], user="alice")
+        hub.deliver("issues", hub.issue_event("opened", first, "alice"))
+        time.sleep(0.5)  # the worker now waits on GitHub
+        numbers = [gh.create_issue(f"T{i}", body="x", labels=["mlops:train"]) for i in range(20)]
+        started = time.monotonic()
+        answers = [hub.deliver("issues", hub.issue_event("opened", n, "alice")) for n in numbers]
+        took = time.monotonic() - started
+        assert {a.status_code for a in answers} == {202}
+        assert took < 5, took  # 20 answers, far inside GitHub's 10 s for each
+        assert hub.bridge.inbox.counts()["queued"] == 21
+    finally:
+        gh.close()  # releases the hanging answers
+        hub.close()
+
+
+def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh, settings):
+    from issueops.bridge.backends import FINISHED, LocalRunBackend
+    from issueops.bridge.controller import IssueReporter, RequestController
+
+    backend = LocalRunBackend(settings)
+    clients = GitHubClients(settings, throttle=False, retry=FAST)
+    controller = RequestController(settings, backend, IssueReporter(clients))
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    body = SPEC.format(threshold=0.9, max_retry=0).replace("sklearn:breast_cancer", "sklearn:no_such_set")
+    request = new_request(
+        parse_issue_body(body), name="octo-org-models-1", repository=gh.full_name, issue=number
+    )
+    assert controller.step(request) and request.phase == RUNNING  # run id recorded first
+    assert controller.step(request) and request.run_handle  # then submitted
+    handle = request.run_handle
+    assert backend.submit(request.run_id, request.spec, attempt=1, issue=number, repository=None) == handle
+    deadline = time.monotonic() + 120
+    while backend.state(request.run_id, handle) != FINISHED and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert controller.step(request)
+    assert request.phase == FAILED and "no_such_set" in request.message
+    assert len(list((settings.home / "attempts").glob("*.spec.json"))) == 1
+    notices = [c.body for c in gh.comments_on(number) if "Attempt 1 failed" in c.body]
+    assert len(notices) == 1 and "no_such_set" in notices[0]
+    assert not controller.step(request)  # a finished request stays put
