@@ -482,6 +482,7 @@ class RequestStore:
         self.root = Path(home) / "requests"
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     def _path(self, name: str) -> Path:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,252}", name):
@@ -521,8 +522,18 @@ class RequestStore:
         found = []
         for path in self.root.glob("*.json"):
             with contextlib.suppress(FileNotFoundError):
-                found.append(TrainingRequest.from_dict(json.loads(path.read_text())))
+                found.append(self._read(path))
         return sorted(found, key=lambda r: (r.created_at, r.name))
+
+    def _read(self, path: Path) -> TrainingRequest:
+        """A request file, read again only when it changed (the worker lists them every tick)."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = self._cache.get(path.name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, path.read_text())
+            self._cache[path.name] = cached
+        return TrainingRequest.from_dict(json.loads(cached[1]))
 
     def active(self) -> list[TrainingRequest]:
         return [r for r in self.all() if r.active]

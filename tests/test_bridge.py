@@ -752,3 +752,45 @@ def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh,
     notices = [c.body for c in gh.comments_on(number) if "Attempt 1 failed" in c.body]
     assert len(notices) == 1 and "no_such_set" in notices[0]
     assert not controller.step(request)  # a finished request stays put
+
+
+def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp_path):
+    """/approve promotes a version waiting for manual approval; /rollback puts the previous
+    production version back; both only from authorised people, both answered on the issue."""
+    from issueops.registry import Registry
+    from issueops.results import RunResult
+
+    registry = Registry.from_settings(settings)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text("{}")
+    for run_id, approve in (("train-20260101-000000-aaaa", True), ("train-20260102-000000-bbbb", False)):
+        result = RunResult(
+            run_id=run_id, spec={"model_name": "bc-rf"}, decision="pass", message="ok",
+            evaluation_metric="accuracy", threshold=0.9, metric_value=0.95,
+        )  # fmt: skip
+        mlflow_run = registry.log_run(result, model_dir)
+        registry.register_version("bc-rf", result, mlflow_run, model_dir, approve=approve, actor="test")
+    assert registry.production("bc-rf").version == 1
+
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    request = waiting_request(hub, number)
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve", "alice"))
+    hub.process()
+    assert "nothing to approve yet" in hub.bodies(number)[-1]  # still waiting: refused
+
+    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "2"
+    hub.store.save(request)
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve", "rita"))  # read access
+    hub.process()
+    assert registry.production("bc-rf").version == 1
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve", "alice"))
+    hub.process()
+    assert registry.production("bc-rf").version == 2
+    assert "Version 2 of `bc-rf` is approved" in hub.bodies(number)[-1]
+
+    hub.deliver("issue_comment", hub.comment_event(number, "/rollback", "alice"))
+    hub.process()
+    assert registry.production("bc-rf").version == 1
+    assert hub.request(number).phase == "RolledBack"
+    assert "rolled back from version 2 to version 1" in hub.bodies(number)[-1]

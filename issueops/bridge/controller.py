@@ -46,6 +46,10 @@ from issueops.store import open_store
 log = logging.getLogger(__name__)
 
 
+def _condition(request: TrainingRequest, kind: str) -> str | None:
+    return next((c["status"] for c in request.conditions if c["type"] == kind), None)
+
+
 class GitHubClients:
     """One GitHubClient per repository, made on first use; None where GitHub is not configured."""
 
@@ -201,9 +205,13 @@ class RequestController:
                 self.reporter.show_status(request, self._status_body(request))
                 return True
             return self._follow(request)
-        if request.phase == WAITING and expire(request, self.clock()):
-            self._notice(request, "The request timed out waiting for the operator", request.message)
-            return True
+        if request.phase == WAITING:
+            if expire(request, self.clock()):
+                self._notice(request, "The request timed out waiting for the operator", request.message)
+                return True
+            if _condition(request, "QuestionPosted") == "False":  # GitHub failed us last time
+                self._ask(request, collect_result(self.store, request.run_id))
+                return _condition(request, "QuestionPosted") == "True"
         return False
 
     def _follow(self, request: TrainingRequest) -> bool:
@@ -226,10 +234,20 @@ class RequestController:
         decision = record_result(request, result, now=self.clock(), timeout_s=self.timeout_s)
         self.reporter.show_status(request, self._status_body(request, result))
         if decision == "retrain":
-            self._post(request, messages.question(request, result, timeout_s=self.timeout_s))
+            self._ask(request, result)
         elif decision == "fail":
             self._finish_failed(request, result)
         return True
+
+    def _ask(self, request: TrainingRequest, result: RunResult) -> None:
+        """Post the question to the operator; remembered, so a failed post is tried again."""
+        try:
+            self.reporter.post(request, messages.question(request, result, timeout_s=self.timeout_s))
+        except IssueOpsError as error:
+            log.warning("could not ask the operator on %s: %s", request.name, error)
+            set_condition(request, "QuestionPosted", False, "GitHubFailed", str(error))
+        else:
+            set_condition(request, "QuestionPosted", True, "Posted")
 
     def _finish_failed(self, request: TrainingRequest, result: RunResult) -> None:
         """Attempts exhausted: production stays as it was before the request, then say so."""

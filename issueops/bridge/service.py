@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from issueops.bridge import messages
@@ -136,7 +137,7 @@ class Bridge:
         self,
         book: RequestBook,
         inbox: Inbox,
-        github: callable,
+        github: Callable[[str | None], GitHubClient | None],
         *,
         allowlist: frozenset[str] = frozenset(),
         label: str = TRAIN_LABEL,
