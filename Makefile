@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-all lint format run bench compile kind-up deploy e2e clean
+.PHONY: setup test test-all lint format run serve bench compile kind-up deploy e2e clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,33 @@ format:
 run:
 	$(BIN)/issueops run examples/random_forest_classification.yaml
 
+serve:  # the local V2 endpoint (HTTP 8000, gRPC 8001) for every production model
+	$(BIN)/issueops serve
+
 compile:
 	$(BIN)/issueops compile -o build
 
 bench:  # all entries; `make bench BENCH="pipeline webhook"` for some
 	$(BIN)/python -m benchmarks $(BENCH)
+
+KIND_CLUSTER    ?= issueops
+IMAGE           ?= ghcr.io/issueops/issueops:0.1.0
+COMPONENT_IMAGE ?= ghcr.io/issueops/issueops-components:0.1.0
+
+kind-up:  # a local cluster with both images loaded (needs Docker and kind)
+	kind create cluster --name $(KIND_CLUSTER) --wait 120s
+	docker build -t $(IMAGE) .
+	docker build -f Dockerfile.components -t $(COMPONENT_IMAGE) .
+	kind load docker-image --name $(KIND_CLUSTER) $(IMAGE) $(COMPONENT_IMAGE)
+
+deploy:  # namespace, CRD, RBAC, operator, bridge; create the issueops-github Secret first
+	kubectl apply --server-side -k manifests/
+	@kubectl -n issueops get secret issueops-github >/dev/null 2>&1 || { echo "create the issueops-github Secret (keys token, webhook-secret): see manifests/kustomization.yaml" >&2; exit 1; }
+	kubectl -n issueops rollout status deployment/issueops-operator --timeout=180s
+	kubectl -n issueops rollout status deployment/issueops-bridge --timeout=180s
+
+e2e:  # cluster-marked tests against the current kubectl context (after kind-up and deploy)
+	KUBECONFIG=$${KUBECONFIG:-$$HOME/.kube/config} $(BIN)/python -m pytest -q -m cluster tests/test_cluster.py
 
 clean:
 	rm -rf build .issueops .pytest_cache

@@ -159,6 +159,7 @@ def render_history(
         ("Version", cell(str(result.model_version)) if result.model_version else "—"),
         ("Alias", f"`{result.alias}`" if result.alias else "—"),
         ("Endpoint", cell(result.endpoint) if result.endpoint else "—"),
+        ("Served version", cell(result.served_version) if result.served_version else "—"),
     ]
     parts += ["## Model", _table(("", ""), model)]
 

@@ -206,8 +206,10 @@ def deploy_step(run_id: str) -> dict[str, Any]:
     store = open_store(settings)
     record = RunRecord(store, run_id)
     with step_guard(store, run_id, "deploy"):
+        from issueops.steps import promote_registered
+
         package = record.read("package.json") or {}
-        registration = record.read("registration.json") or {}
+        registration = promote_registered(run_id, settings, store)
         if package.get("servable") is False:
             return record.read("serving.json") or {}
         if not package:

@@ -33,6 +33,7 @@ class RunResult:
     model_version: str | None = None
     alias: str | None = None
     endpoint: str | None = None
+    served_version: str | None = None
     history_path: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

@@ -178,6 +178,7 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         model_version=registration.get("version"),
         alias=registration.get("alias"),
         endpoint=serving.get("endpoint"),
+        served_version=None if serving.get("served_version") is None else str(serving["served_version"]),
         history_path=history.get("url") or history.get("path"),
         started_at=request.get("started_at"),
         finished_at=judgement.get("time"),

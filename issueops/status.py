@@ -99,7 +99,8 @@ def result_links(result: RunResult, extra: Mapping[str, str] | None = None) -> d
     """Links worth following from a run: the endpoint, the history file, then any extra ones."""
     links: dict[str, str] = {}
     if result.endpoint:
-        links["endpoint"] = result.endpoint
+        served = f" (serving version {result.served_version})" if result.served_version else ""
+        links[f"endpoint{served}"] = result.endpoint
     if result.history_path:
         links["history"] = result.history_path
     links.update(extra or {})

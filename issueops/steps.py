@@ -105,13 +105,10 @@ def register_step(run_id: str) -> dict:
         model_dir = _local_copy(store, f"models/{run_id}", settings)
         mlflow_run_id = registry.log_run(result, model_dir)
         spec = result.spec
+        # Registered as pending: production moves only once the version is packaged (promote_step),
+        # so a version that fails its ONNX parity check never becomes production.
         info = registry.register_version(
-            model_name_for(spec),
-            result,
-            mlflow_run_id,
-            model_dir,
-            approve=not (spec.get("manual_approval") or settings.manual_approval),
-            actor=_actor(),
+            model_name_for(spec), result, mlflow_run_id, model_dir, approve=False, actor=_actor()
         )
         registration = {
             "model_name": info.model,
@@ -119,8 +116,30 @@ def register_step(run_id: str) -> dict:
             "alias": "production" if "production" in (info.aliases or []) else None,
             "approval_status": info.status,
             "mlflow_run_id": mlflow_run_id,
+            "auto_approve": not (spec.get("manual_approval") or settings.manual_approval),
         }
         RunRecord(store, run_id).write("registration.json", registration)
+    return registration
+
+
+def promote_registered(run_id: str, settings: Settings, store: ObjectStore) -> dict:
+    """Approve the run's version into production when auto-approval applies; returns the registration."""
+    from issueops.registry import Registry
+
+    record = RunRecord(store, run_id)
+    registration = record.read("registration.json") or {}
+    if registration.get("auto_approve") and registration.get("alias") != "production":
+        info = Registry.from_settings(settings).approve(
+            registration["model_name"],
+            registration["version"],
+            _actor(),
+            reason="auto-approved: the run passed evaluation and packaging",
+        )
+        registration.update(
+            alias="production" if "production" in (info.aliases or []) else None,
+            approval_status=info.status,
+        )
+        record.write("registration.json", registration)
     return registration
 
 

@@ -1,13 +1,19 @@
-"""The training pipeline: prepare_data → train → evaluate → judge, then a branch per decision.
+"""The training pipeline: prepare_data → train → evaluate → judge, then a branch per decision
+(pass: register → package → [build_tensorrt_engine] → deploy → write_history → notify).
 
 The same function runs on Kubeflow Pipelines (compiled IR YAML) and on the local runner.
 """
 
+import os
+
 from kfp import dsl
 
+from components.build_tensorrt_engine import add_gpu_placement, build_tensorrt_engine
+from components.deploy import deploy
 from components.evaluate import evaluate
 from components.judge import judge
 from components.notify import notify
+from components.package import package
 from components.prepare_data import prepare_data
 from components.register import register
 from components.rollback import rollback
@@ -52,7 +58,15 @@ def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
     decision = verdict.outputs["decision"]
     with dsl.If(decision == "pass", name="passed"):
         registered = with_policy(register(run_id=run_id), "register")
-        recorded = with_policy(write_history(run_id=run_id), "write_history").after(registered)
+        packaged = with_policy(package(run_id=run_id), "package").after(registered)
+        upstream = [packaged]
+        if os.environ.get("ISSUEOPS_TENSORRT") == "1":  # read at compile time: GPU nodes with TensorRT
+            engine = build_tensorrt_engine(run_id=run_id, repository=packaged.outputs["repository"])
+            upstream.append(add_gpu_placement(with_policy(engine, "build_tensorrt_engine")))
+        deployed = with_policy(
+            deploy(run_id=run_id, repository=packaged.outputs["repository"]), "deploy"
+        ).after(*upstream)
+        recorded = with_policy(write_history(run_id=run_id), "write_history").after(deployed)
         with_policy(notify(run_id=run_id, notification_type="training_success"), "notify").after(recorded)
     with dsl.Elif(decision == "retrain", name="below-threshold"):
         recorded = with_policy(write_history(run_id=run_id), "write_history")

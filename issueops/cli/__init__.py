@@ -78,14 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    adders = []
-    try:
-        from issueops.cli.registry import add_registry_parser
+    from issueops.cli.bridge import add_bridge_parser
+    from issueops.cli.registry import add_registry_parser
+    from issueops.cli.serving import add_serving_parser
 
-        adders.append(add_registry_parser)
-    except ImportError:
-        pass
-    return adders
+    return [add_registry_parser, add_serving_parser, add_bridge_parser]
 
 
 def read_body(path: str) -> str:
@@ -171,7 +168,8 @@ def render_summary(result) -> str:
             f"model      {result.model_name} version {result.model_version} ({result.alias or 'no alias'})"
         )
     if result.endpoint:
-        lines.append(f"endpoint   {result.endpoint}")
+        served = f" (serving version {result.served_version})" if result.served_version else ""
+        lines.append(f"endpoint   {result.endpoint}{served}")
     if result.history_path:
         lines.append(f"history    {result.history_path}")
     lines.append(f"artifacts  {result.artifacts.get('model')}")
