@@ -455,9 +455,14 @@ def train_reinforcement(
                     stop_reason = f"mean training return {row['episode_return_mean']:g} reached the threshold {target:g}"
             training_seconds = round(time.monotonic() - started, 2)
             algo.save_to_path(str((model_dir / CHECKPOINT_DIR).resolve()))
-            export_policy(algo.get_module(), info, model_dir / POLICY_FILE, dqn=rllib_name == "DQN")
         finally:
             algo.stop()
+    # The learner's module, as checkpointed: with APPO and IMPALA the driver's copy
+    # (algo.get_module()) may lag the learner by an asynchronous weight broadcast.
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    module = RLModule.from_checkpoint(str((model_dir / RL_MODULE_PATH).resolve()))
+    export_policy(module, info, model_dir / POLICY_FILE, dqn=rllib_name == "DQN")
     reporter.finish(stop_reason)
     log.info("stopped after %d iterations: %s", row["iteration"], stop_reason)
     manifest = {
