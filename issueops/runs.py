@@ -167,6 +167,8 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
                 "missing_values",
                 "class_counts",
                 "environment",
+                "rllib_algorithm",
+                "note",
             )
             if k in metadata
         },

@@ -74,7 +74,7 @@ def world(tmp_path_factory):
             "ISSUEOPS_MANUAL_APPROVAL",
         ):
             patch.delenv(name, raising=False)
-        from issueops.packaging import package_step
+        from issueops.packaging import deploy_step, package_step
         from issueops.registry import Registry
 
         runs = {
@@ -82,8 +82,9 @@ def world(tmp_path_factory):
             "rf2": train_and_register(RF_BODY.format(n=30, extra="")),
             "mlp1": train_and_register(MLP_BODY),
         }
-        for key in runs:
+        for key in runs:  # the pipeline's order: production moves at deploy, once packaged
             package_step(runs[key]["run_id"])
+            deploy_step(runs[key]["run_id"])
         yield {"home": home, "runs": runs, "registry": Registry.from_settings()}
 
 

@@ -61,7 +61,7 @@ def train_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path, *, run_
     else:
         from issueops.training.reinforcement import train_reinforcement
 
-        manifest.update(train_reinforcement(spec, Path(prepared_dir), model_dir))
+        manifest.update(train_reinforcement(spec, Path(prepared_dir), model_dir, run_id=run_id))
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return TrainedModel(model_dir, manifest)
 
