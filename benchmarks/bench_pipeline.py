@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks import timed_command
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "random_forest_classification.yaml"
@@ -46,30 +46,21 @@ print(model.score(test[features], test["target"]))
 """
 
 
-def _timed(command: list[str], env: dict) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode not in (0, 3, 4):
-        raise SystemExit(f"benchmark command failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed, done.stdout
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "ISSUEOPS_HOME": home, "ISSUEOPS_NOTIFY": "console"}
         run = [sys.executable, "-m", "issueops", "run", str(EXAMPLE), "--json"]
         bare = [sys.executable, "-c", BARE.format(example=str(EXAMPLE))]
-        _timed(run, env)  # warm-up: first-run caches (bytecode, MLflow database)
+        timed_command(run, env)  # warm-up: first-run caches (bytecode, MLflow database)
         pipeline_times, bare_times, overheads, step_count = [], [], [], 0
         for _ in range(ROUNDS):
-            elapsed, out = _timed(run, env)
+            elapsed, out = timed_command(run, env)
             result = json.loads(out)
             inside = sum(s["seconds"] or 0 for s in result["steps"])
             step_count = len(result["steps"])
             pipeline_times.append(elapsed)
             overheads.append((elapsed - inside) / step_count)
-            bare_times.append(_timed(bare, env)[0])
+            bare_times.append(timed_command(bare, env)[0])
     p, b = statistics.median(pipeline_times), statistics.median(bare_times)
     ratios = [a / c for a, c in zip(pipeline_times, bare_times, strict=True)]
     print(

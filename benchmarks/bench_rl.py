@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks import timed_command
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
@@ -86,15 +86,6 @@ if __name__ == "__main__":
 """
 
 
-def _timed(command: list[str], env: dict) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode not in (0, 3, 4):
-        raise SystemExit(f"benchmark command failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed, done.stdout
-
-
 def _configs_identical(bare_file: Path) -> bool:
     """The RLlib config issueops builds for SPEC equals the bare script's, key for key."""
     import importlib.util
@@ -131,14 +122,14 @@ def main() -> None:
         bare = [sys.executable, str(bare_file)]
         run_times, bare_times, runs, bares = [], [], [], []
         for _ in range(ROUNDS):
-            elapsed, out = _timed(run, env)
+            elapsed, out = timed_command(run, env)
             run_times.append(elapsed)
             runs.append(json.loads(out))
             evaluation = (
                 Path(env["ISSUEOPS_HOME"]) / "store" / "evaluations" / runs[-1]["run_id"] / "results.json"
             )
             runs[-1]["training"] = json.loads(evaluation.read_text())["details"]
-            elapsed, out = _timed(bare, env)
+            elapsed, out = timed_command(bare, env)
             bare_times.append(elapsed)
             bares.append(json.loads(out.strip().splitlines()[-1]))  # after any RLlib chatter
     result, trained = runs[-1], bares[-1]

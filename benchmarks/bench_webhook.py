@@ -39,28 +39,11 @@ evaluation_threshold: 0.9
 
 
 def _user(login: str, ident: int) -> dict:
-    api = f"https://api.github.com/users/{login}"
-    return {
-        "login": login,
-        "id": ident,
-        "node_id": f"U_{ident:08d}",
-        "avatar_url": f"https://avatars.githubusercontent.com/u/{ident}?v=4",
-        "gravatar_id": "",
-        "url": api,
-        "html_url": f"https://github.com/{login}",
-        "followers_url": f"{api}/followers",
-        "following_url": f"{api}/following{{/other_user}}",
-        "gists_url": f"{api}/gists{{/gist_id}}",
-        "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
-        "subscriptions_url": f"{api}/subscriptions",
-        "organizations_url": f"{api}/orgs",
-        "repos_url": f"{api}/repos",
-        "events_url": f"{api}/events{{/privacy}}",
-        "received_events_url": f"{api}/received_events",
-        "type": "User",
-        "user_view_type": "public",
-        "site_admin": False,
-    }
+    from tests.github_double import user_payload
+
+    return user_payload(
+        login, ident, api_url=f"https://api.github.com/users/{login}", node_id=f"U_{ident:08d}"
+    )
 
 
 def _repository() -> dict:

@@ -186,6 +186,33 @@ class _State:
     branches: dict[str, str] = field(default_factory=dict)
 
 
+def user_payload(
+    login: str, ident: int, *, api_url: str, node_id: str, html_base: str = "https://github.com", kind="User"
+) -> dict:
+    """A GitHub simple-user object, as the REST API and webhook payloads carry it."""
+    return {
+        "login": login,
+        "id": ident,
+        "node_id": node_id,
+        "avatar_url": f"https://avatars.githubusercontent.com/u/{ident}?v=4",
+        "gravatar_id": "",
+        "url": api_url,
+        "html_url": f"{html_base}/{login}",
+        "followers_url": f"{api_url}/followers",
+        "following_url": f"{api_url}/following{{/other_user}}",
+        "gists_url": f"{api_url}/gists{{/gist_id}}",
+        "starred_url": f"{api_url}/starred{{/owner}}{{/repo}}",
+        "subscriptions_url": f"{api_url}/subscriptions",
+        "organizations_url": f"{api_url}/orgs",
+        "repos_url": f"{api_url}/repos",
+        "events_url": f"{api_url}/events{{/privacy}}",
+        "received_events_url": f"{api_url}/received_events",
+        "type": kind,
+        "user_view_type": "public",
+        "site_admin": False,
+    }
+
+
 class GitHubDouble:
     """A threaded loopback server speaking GitHub's REST API for one repository."""
 
@@ -359,29 +386,14 @@ class GitHubDouble:
         return base64.b64encode(f"{kind}:{ident}".encode()).decode().rstrip("=")
 
     def _user_json(self, login: str) -> dict:
-        api = self._api(f"/users/{login}")
-        ident = self.state.users.get(login, 0)
-        return {
-            "login": login,
-            "id": ident,
-            "node_id": self._node_id("User", login),
-            "avatar_url": f"https://avatars.githubusercontent.com/u/{ident}",
-            "gravatar_id": "",
-            "url": api,
-            "html_url": f"{HTML_BASE}/{login}",
-            "followers_url": f"{api}/followers",
-            "following_url": f"{api}/following{{/other_user}}",
-            "gists_url": f"{api}/gists{{/gist_id}}",
-            "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
-            "subscriptions_url": f"{api}/subscriptions",
-            "organizations_url": f"{api}/orgs",
-            "repos_url": f"{api}/repos",
-            "events_url": f"{api}/events{{/privacy}}",
-            "received_events_url": f"{api}/received_events",
-            "type": "Bot" if login == self.state.bot else "User",
-            "user_view_type": "public",
-            "site_admin": False,
-        }
+        return user_payload(
+            login,
+            self.state.users.get(login, 0),
+            api_url=self._api(f"/users/{login}"),
+            node_id=self._node_id("User", login),
+            html_base=HTML_BASE,
+            kind="Bot" if login == self.state.bot else "User",
+        )
 
     def _label_id(self, name: str) -> int:
         if name not in self.state.labels:
