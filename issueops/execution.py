@@ -139,6 +139,7 @@ class _StepWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.record, self.callback, self.interval = record, callback, interval
         self.seen: dict[str, str] = {}
+        self.iteration = 0
         self._halt = threading.Event()
 
     def poll(self) -> None:
@@ -146,6 +147,18 @@ class _StepWatcher(threading.Thread):
             if self.seen.get(step.name) != step.status:
                 self.seen[step.name] = step.status
                 self.callback(step)
+        if self.seen.get("train") == "running":
+            self._poll_training_progress()
+
+    def _poll_training_progress(self) -> None:
+        """Iterations that long trainings (RL) write to runs/<run>/progress.json, as 'running: ...'."""
+        progress = self.record.read("progress.json") or {}
+        iteration = progress.get("iteration") or 0
+        if iteration > self.iteration:
+            self.iteration = iteration
+            ret = progress.get("episode_return_mean")
+            note = f"iteration {iteration}, return {'—' if ret is None else f'{ret:.1f}'}"
+            self.callback(StepTiming("train", f"running: {note}", progress.get("elapsed_s")))
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
@@ -194,7 +207,9 @@ def run_with_status(
     )
 
     def on_step(step: StepTiming) -> None:
-        if step.status == "running":
+        if step.status.startswith("running: "):
+            report.step_progress(step.name, step.status.removeprefix("running: "))
+        elif step.status == "running":
             report.step_started(step.name)
         else:
             report.step_finished(step.name, step.status, step.seconds)

@@ -71,6 +71,8 @@ def render_step(step: StepTiming) -> str:
         return f"- [x] {step.name}{took}"
     if step.status == "running":
         return f"- [ ] {step.name} — running…"
+    if step.status.startswith("running: "):  # live progress, e.g. an RL iteration
+        return f"- [ ] {step.name} — {cell(step.status.removeprefix('running: '))}"
     if step.status == "failed":
         return f"- [ ] {step.name} — **failed**{took}"
     if step.status == "skipped":
@@ -280,6 +282,11 @@ class StatusReport:
         self._step(name).status = "running"
         self._started[name] = self._clock()
         self._publish(f"{name}: running")
+
+    def step_progress(self, name: str, note: str) -> None:
+        """A running step's latest progress line, shown in its checklist entry."""
+        self._step(name).status = f"running: {note}"
+        self._publish(f"{name}: {note}")
 
     def step_finished(self, name: str, status: str = "done", seconds: float | None = None) -> None:
         """Mark a step done, failed or skipped; timed from step_started unless `seconds` given."""

@@ -45,3 +45,27 @@ def test_step_timeout_is_enforced_locally(store, monkeypatch):
 def test_collect_result_from_an_empty_record(store):
     result = collect_result(store, "run-4")
     assert result.decision == "unknown" and result.steps == []
+
+
+def test_training_progress_reaches_the_console_and_the_status_comment(store):
+    from issueops.execution import _StepWatcher
+    from issueops.status import StatusReport, render_step
+
+    record = RunRecord(store, "run-5")
+    seen = []
+    watcher = _StepWatcher(record, seen.append)
+    record.write("steps/train.json", {"name": "train", "status": "running"})
+    record.write("progress.json", {"iteration": 3, "episode_return_mean": 45.25, "elapsed_s": 12.0})
+    watcher.poll()
+    watcher.poll()  # the same iteration is reported once
+    assert [s.status for s in seen] == ["running", "running: iteration 3, return 45.2"]
+    shown = []
+
+    class Sink:
+        def show(self, body, *, event):
+            shown.append(body)
+
+    report = StatusReport(Sink(), "Training ppo", ["train"])
+    report.step_progress("train", "iteration 3, return 45.2")
+    assert "- [ ] train — iteration 3, return 45.2" in shown[-1]
+    assert render_step(seen[1]) == "- [ ] train — iteration 3, return 45.2"
