@@ -61,14 +61,19 @@ def _load_sklearn(name: str) -> LoadedDataset:
     return LoadedDataset(train=frame, test=None, source=f"sklearn:{name}", target_hint="target")
 
 
-def _store_tables(store: ObjectStore, dataset_id: str) -> dict[str, str]:
+def find_tables(prefix: str, exists) -> dict[str, str]:
+    """`train` and `test` tables (.csv, else .parquet) under `prefix`, where `exists(path)` says so."""
     found: dict[str, str] = {}
     for split in ("train", "test"):
         for suffix in TABLE_SUFFIXES:
-            key = f"datasets/{dataset_id}/raw/{split}{suffix}"
-            if split not in found and store.exists(key):
-                found[split] = key
+            candidate = f"{prefix.rstrip('/')}/{split}{suffix}"
+            if split not in found and exists(candidate):
+                found[split] = candidate
     return found
+
+
+def _store_tables(store: ObjectStore, dataset_id: str) -> dict[str, str]:
+    return find_tables(f"datasets/{dataset_id}/raw", store.exists)
 
 
 def _from_store(store: ObjectStore, dataset_id: str, keys: dict[str, str]) -> LoadedDataset:
@@ -93,12 +98,7 @@ def _load_s3_uri(uri: str, settings: Settings) -> LoadedDataset:
             if store.size(key) > MAX_DATASET_BYTES:
                 raise DatasetError(f"{uri} is larger than the {MAX_DATASET_BYTES >> 20} MiB limit.")
             return LoadedDataset(read_table(store.get_bytes(key), key), None, source=uri)
-        keys = {}
-        for split in ("train", "test"):
-            for suffix in TABLE_SUFFIXES:
-                candidate = f"{key.rstrip('/')}/{split}{suffix}"
-                if split not in keys and store.exists(candidate):
-                    keys[split] = candidate
+        keys = find_tables(key, store.exists)
         if "train" not in keys:
             raise DatasetError(f"No train.csv or train.parquet under {uri}.")
         tables = {s: read_table(store.get_bytes(k), k) for s, k in keys.items()}
@@ -118,12 +118,8 @@ def _load_path(dataset_id: str, settings: Settings) -> LoadedDataset:
             f"({', '.join(str(r) for r in settings.data_roots)}); set ISSUEOPS_DATA_ROOTS to allow it."
         )
     if resolved.is_dir():
-        tables = {}
-        for split in ("train", "test"):
-            for suffix in TABLE_SUFFIXES:
-                candidate = resolved / f"{split}{suffix}"
-                if split not in tables and candidate.is_file():
-                    tables[split] = _read_file(candidate)
+        found = find_tables(str(resolved), lambda path: Path(path).is_file())
+        tables = {split: _read_file(Path(path)) for split, path in found.items()}
         if "train" not in tables:
             raise DatasetError(f"No train.csv or train.parquet in {dataset_id[:200]}.")
         return LoadedDataset(tables["train"], tables.get("test"), source=str(resolved))
