@@ -173,13 +173,11 @@ class _StepWatcher(threading.Thread):
 
 def status_sink(settings: Settings, issue: int | None):
     """Where a request's status goes: its GitHub issue when one is configured, else the log."""
+    from issueops.github import configured_client
     from issueops.status import ConsoleSink, GitHubCommentSink
 
-    if issue is not None and settings.github_token and settings.github_repository:
-        from issueops.github import GitHubClient
-
-        return GitHubCommentSink(GitHubClient.from_settings(settings), issue)
-    return ConsoleSink()
+    client = configured_client(settings) if issue is not None else None
+    return GitHubCommentSink(client, issue) if client else ConsoleSink()
 
 
 def run_with_status(

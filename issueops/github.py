@@ -480,3 +480,10 @@ def _comment(comment: Any, issue: int) -> Comment:
         created_at=comment.created_at,
         updated_at=comment.updated_at,
     )
+
+
+def configured_client(settings: Settings) -> GitHubClient | None:
+    """The client when a token and repository are configured, else None (the embedded default)."""
+    if not (settings.github_token and settings.github_repository):
+        return None
+    return GitHubClient.from_settings(settings)

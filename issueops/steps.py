@@ -85,12 +85,9 @@ def judge_step(spec_json: str, run_id: str, evaluation_dir: str, attempt: int) -
 
 
 def _github(settings: Settings):
-    """The GitHub client when a token and repository are configured, else None (embedded default)."""
-    if not (settings.github_token and settings.github_repository):
-        return None
-    from issueops.github import GitHubClient
+    from issueops.github import configured_client
 
-    return GitHubClient.from_settings(settings)
+    return configured_client(settings)
 
 
 def register_step(run_id: str) -> dict:
