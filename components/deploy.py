@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Input, Model
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def deploy(run_id: str, repository: Input[Model]) -> str:
     """Serve the packaged version: a KServe InferenceService (a canary until approved) when
     ISSUEOPS_SERVING=kserve, else the local endpoint that follows production; records the endpoint."""

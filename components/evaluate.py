@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def evaluate(
     spec_json: str,
     run_id: str,

@@ -1,12 +1,11 @@
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def judge(spec_json: str, run_id: str, evaluation: Input[Artifact], attempt: int) -> NamedTuple(
     "JudgeOutputs", [("decision", str), ("message", str)]
 ):

@@ -1,9 +1,7 @@
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def notify(run_id: str, notification_type: str) -> str:
     """Announce the run on GitHub, Slack, Teams, Discord and email as configured; never fails the run."""
     import json

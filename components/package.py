@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def package(run_id: str, repository: Output[Model]) -> str:
     """Export the registered version to ONNX (parity-checked on the test split) and publish its
     Triton repositories (cpu, gpu) to the object store; the local repository is the artifact."""

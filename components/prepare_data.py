@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def prepare_data(spec_json: str, run_id: str, processed: Output[Dataset]):
     """Validate the dataset, split it (stratified, seeded) and fit the preprocessing on train."""
     from issueops.steps import prepare_data_step

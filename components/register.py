@@ -1,9 +1,7 @@
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def register(run_id: str) -> str:
     """Log the attempt to MLflow and register a new model version (auto-approved unless manual)."""
     import json

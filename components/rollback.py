@@ -1,9 +1,7 @@
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def rollback(run_id: str) -> str:
     """Keep production as it was before this request: undo what the request promoted."""
     import json

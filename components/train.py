@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def train(spec_json: str, run_id: str, processed: Input[Dataset], model: Output[Model]):
     """Train the spec's algorithm; the model and its preprocessing are saved together."""
     from issueops.steps import train_step

@@ -1,9 +1,7 @@
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@component
 def write_history(run_id: str) -> str:
     """Commit the run's history markdown and plots (local git repository or GitHub)."""
     import json

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
+from issueops.prefork import active_server, prefork_tasks, stages_for
 from issueops.results import RunResult, StepTiming
 from issueops.runs import RunRecord, collect_result, new_run_id, utcnow
 from issueops.spec import TrainingSpec
@@ -18,8 +19,20 @@ from issueops.store import ObjectStore, open_store
 ProgressCallback = Callable[[StepTiming], None]
 
 
-def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore) -> None:
-    """Input problems found before anything runs, so bad input costs no pipeline and writes nothing."""
+def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore | None = None) -> None:
+    """Input problems found before anything runs, so bad input costs no pipeline and writes nothing.
+
+    Checked in a fork of the preloaded task process when one is up: the dataset libraries are
+    already imported there, and this process need not import them at all.
+    """
+    server = active_server()
+    if server is not None:
+        server.call(check_inputs, spec, settings)
+    else:
+        check_inputs(spec, settings, store)
+
+
+def check_inputs(spec: TrainingSpec, settings: Settings, store: ObjectStore | None = None) -> None:
     if spec.learning_type == "reinforcement":
         from issueops.training.reinforcement import check_environment
 
@@ -27,7 +40,7 @@ def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore) -> Non
     else:
         from issueops.prepare import check_dataset
 
-        check_dataset(spec, settings, store)
+        check_dataset(spec, settings, store or open_store(settings))
 
 
 def start_request(
@@ -66,37 +79,39 @@ def run_local(
 ) -> RunResult:
     """Run the training pipeline with kfp.local.SubprocessRunner and return the attempt's result.
 
-    The runner's own chatter goes to runs/<run_id>/pipeline.log under ISSUEOPS_HOME; a failed
-    step's explanation comes back in the result (decision 'error') or as the step's own error.
+    Tasks start as forks of a preloaded process (issueops.prefork). The runner's own chatter goes to
+    logs/<run_id>.log under ISSUEOPS_HOME; a failed step's explanation comes back in the result
+    (decision 'error') or as the step's own error.
     """
     settings = settings or Settings.from_env()
     store = open_store(settings)
-    if not checked:
-        preflight(spec, settings, store)
-    run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
-    log_path = settings.home / "logs" / f"{run_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ISSUEOPS_RETRY_BACKOFF", "1s")
     os.environ["ISSUEOPS_HOME"] = str(settings.home)
+    with prefork_tasks(stages_for(spec.algorithm, spec.learning_type)):
+        if not checked:
+            preflight(spec, settings, store)
+        run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
+        log_path = settings.home / "logs" / f"{run_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    from kfp import local
+        from kfp import local
 
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(settings.home / "kfp"),
-        raise_on_error=False,
-    )
-    from pipelines.training import training_pipeline
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(settings.home / "kfp"),
+            raise_on_error=False,
+        )
+        from pipelines.training import training_pipeline
 
-    watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
-    if watcher:
-        watcher.start()
-    try:
-        with _redirect_output(log_path):
-            training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
-    finally:
+        watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
         if watcher:
-            watcher.stop()
+            watcher.start()
+        try:
+            with _redirect_output(log_path):
+                training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
+        finally:
+            if watcher:
+                watcher.stop()
     result = collect_result(store, run_id)
     result.artifacts["log"] = str(log_path)
     error = RunRecord(store, run_id).error()
@@ -191,42 +206,41 @@ def run_with_status(
     progress: ProgressCallback | None = None,
 ) -> RunResult:
     """run_local with one status comment for the attempt, created at start and edited per step."""
-    from issueops.runs import PIPELINE_STEPS
-    from issueops.status import StatusReport
+    with prefork_tasks(stages_for(spec.algorithm, spec.learning_type)):  # preloads while we check
+        from issueops.runs import PIPELINE_STEPS
+        from issueops.status import StatusReport
 
-    settings = settings or Settings.from_env()
-    run_id = new_run_id()
-    target = spec.dataset_id or spec.environment
-    report = StatusReport(
-        sink or status_sink(settings, issue),
-        f"Training {spec.algorithm} on {target} (attempt {attempt})",
-        PIPELINE_STEPS,
-        run_id=run_id,
-    )
+        settings = settings or Settings.from_env()
+        run_id = new_run_id()
+        target = spec.dataset_id or spec.environment
+        report = StatusReport(
+            sink or status_sink(settings, issue),
+            f"Training {spec.algorithm} on {target} (attempt {attempt})",
+            PIPELINE_STEPS,
+            run_id=run_id,
+        )
 
-    def on_step(step: StepTiming) -> None:
-        if step.status.startswith("running: "):
-            report.step_progress(step.name, step.status.removeprefix("running: "))
-        elif step.status == "running":
-            report.step_started(step.name)
-        else:
-            report.step_finished(step.name, step.status, step.seconds)
-        if progress:
-            progress(step)
+        def on_step(step: StepTiming) -> None:
+            if step.status.startswith("running: "):
+                report.step_progress(step.name, step.status.removeprefix("running: "))
+            elif step.status == "running":
+                report.step_started(step.name)
+            else:
+                report.step_finished(step.name, step.status, step.seconds)
+            if progress:
+                progress(step)
 
-    from issueops.store import open_store
-
-    preflight(spec, settings, open_store(settings))  # bad input: no status comment, nothing run
-    report.start()
-    result = run_local(
-        spec,
-        settings=settings,
-        issue=issue,
-        repository=repository or settings.github_repository,
-        attempt=attempt,
-        run_id=run_id,
-        progress=on_step,
-        checked=True,
-    )
-    report.finish(result)
+        preflight(spec, settings)  # bad input: no status comment, nothing run
+        report.start()
+        result = run_local(
+            spec,
+            settings=settings,
+            issue=issue,
+            repository=repository or settings.github_repository,
+            attempt=attempt,
+            run_id=run_id,
+            progress=on_step,
+            checked=True,
+        )
+        report.finish(result)
     return result

@@ -1,0 +1,84 @@
+"""The local runner's tasks as forks of a preloaded process: same results, same failures, no leftovers."""
+
+import os
+
+import pytest
+from kfp import dsl, local
+
+from issueops.config import Settings
+from issueops.errors import DatasetError
+from issueops.execution import check_inputs
+from issueops.prefork import active_server, prefork_tasks, task_parts
+from issueops.spec import parse_issue_body
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def _add(a: int, b: int) -> int:
+    import os
+
+    return a + b + int(os.environ.get("PREFORK_TEST_OFFSET", "0"))
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def _crash() -> int:
+    import os
+
+    os._exit(7)
+
+
+@dsl.pipeline
+def _sum_pipeline(a: int, b: int) -> int:
+    return _add(a=_add(a=a, b=b).output, b=b).output
+
+
+@pytest.fixture
+def local_runner(tmp_path):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=False)
+
+
+def test_task_parts_recognises_only_plain_lightweight_components():
+    command = list(_add.component_spec.implementation.container.command)
+    source, args = task_parts([*command, "--executor_input", "{}", "--function_to_execute", "_add"])
+    assert "def _add(" in source and args == ["--executor_input", "{}", "--function_to_execute", "_add"]
+    assert task_parts(["python", "-m", "kfp.dsl.executor_main"]) is None
+    with_pip = dsl.component(base_image="python:3.11")(_add.python_func).component_spec.implementation.container
+    assert task_parts([*with_pip.command, "--function_to_execute", "_add"]) is None
+
+
+def test_pipeline_runs_through_the_preloaded_process(local_runner, monkeypatch):
+    monkeypatch.setenv("PREFORK_TEST_OFFSET", "100")
+    with prefork_tasks([("kfp.dsl.executor_main",)]) as server:
+        assert server is not None and active_server() is server
+        calls = []
+        original = server.run
+        monkeypatch.setattr(server, "run", lambda cmd, env: calls.append(cmd[-1]) or original(cmd, env))
+        assert _sum_pipeline(a=1, b=2).output == 1 + 2 + 100 + 2 + 100  # the environment reached each task
+        assert calls == ["_add", "_add"]
+        process = server.process
+    assert active_server() is None
+    assert process.poll() is not None  # the server ended with the run
+
+
+def test_a_task_that_dies_fails_like_a_subprocess(tmp_path):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    with prefork_tasks([]), pytest.raises(RuntimeError, match="FAILURE"):
+        _crash()
+
+
+def test_call_returns_results_and_raises_the_callers_error_class(tmp_path):
+    spec = parse_issue_body("learning_type: supervised\nalgorithm: random_forest\ndataset_id: no-such-dataset\n")
+    with prefork_tasks([]) as server:
+        assert server.call(os.getpid) != os.getpid()
+        with pytest.raises(DatasetError, match="no-such-dataset"):
+            server.call(check_inputs, spec, Settings(home=tmp_path))
+
+
+def test_nested_use_shares_one_server():
+    with prefork_tasks([]) as outer, prefork_tasks([]) as inner:
+        assert inner is outer
+
+
+def test_switched_off_by_setting(monkeypatch):
+    monkeypatch.setenv("ISSUEOPS_LOCAL_TASKS", "subprocess")
+    with prefork_tasks([]) as server:
+        assert server is None and active_server() is None
