@@ -10,7 +10,7 @@ from pathlib import Path
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
-from issueops.prefork import active_server, prefork_tasks, stages_for
+from issueops.prefork import active_server, prefork_tasks, preload_for
 from issueops.results import RunResult, StepTiming
 from issueops.runs import RunRecord, collect_result, new_run_id, utcnow
 from issueops.spec import TrainingSpec
@@ -87,7 +87,7 @@ def run_local(
     store = open_store(settings)
     os.environ.setdefault("ISSUEOPS_RETRY_BACKOFF", "1s")
     os.environ["ISSUEOPS_HOME"] = str(settings.home)
-    with prefork_tasks(stages_for(spec.algorithm, spec.learning_type)):
+    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):
         if not checked:
             preflight(spec, settings, store)
         run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
@@ -206,7 +206,7 @@ def run_with_status(
     progress: ProgressCallback | None = None,
 ) -> RunResult:
     """run_local with one status comment for the attempt, created at start and edited per step."""
-    with prefork_tasks(stages_for(spec.algorithm, spec.learning_type)):  # preloads while we check
+    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):  # preloads while we check
         from issueops.runs import PIPELINE_STEPS
         from issueops.status import StatusReport
 

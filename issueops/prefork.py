@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -30,6 +31,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,71 +39,114 @@ EXECUTOR_MODULE = "kfp.dsl.executor_main"
 MAX_MESSAGE = 64 * 1024 * 1024
 _SIZE = struct.Struct("!Q")
 
-# What the steps import, in the order the pipeline needs it; later stages load while earlier tasks run.
-SUPERVISED_STAGES: tuple[tuple[str, ...], ...] = (
-    ("kfp.dsl.executor_main", "pandas", "sklearn.model_selection", "sklearn.preprocessing", "issueops.steps",
-     "issueops.prepare"),
-    ("sklearn.ensemble", "sklearn.linear_model", "issueops.training"),
-    ("sklearn.metrics", "matplotlib.pyplot", "issueops.evaluate", "issueops.judge"),
-    ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-     "issueops.registry"),
-    ("onnx", "onnxruntime", "skl2onnx", "issueops.export", "issueops.packaging", "issueops.history",
-     "issueops.notify"),
+PUBLISH_STEPS = frozenset({"register", "package", "deploy", "write_history", "notify", "rollback"})
+
+
+@dataclass(frozen=True)
+class Preload:
+    """What the server imports: `shared` first, then each lane in a process of its own forked from it.
+
+    Lanes load on separate cores: the steps that publish a model (MLflow, skl2onnx) need not wait
+    behind the imports of the steps that train it (estimators, matplotlib), nor the other way round.
+    """
+
+    shared: tuple[str, ...]
+    data: tuple[str, ...]
+    publish: tuple[str, ...]
+
+    def lanes(self) -> dict[str, tuple[str, ...]]:
+        return {"data": self.data, "publish": self.publish}
+
+
+_REGISTRY = (
+    "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+    "issueops.registry",
 )  # fmt: skip
-EXTRA_STAGES: dict[str, tuple[str, ...]] = {
-    "xgboost": ("xgboost", "onnxmltools"),
-    "neural_network": ("torch",),
-    "autoencoder": ("torch",),
+_PACKAGING = (
+    "onnx",
+    "onnxruntime",
+    "issueops.export",
+    "issueops.packaging",
+    "issueops.history",
+    "issueops.notify",
+)
+_EXTRA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # algorithm: (data lane, publish lane)
+    "xgboost": (("xgboost",), ("xgboost", "onnxmltools")),
+    "neural_network": (("torch",), ("torch",)),
+    "autoencoder": (("torch",), ("torch",)),
 }
 
 
-def stages_for(algorithm: str, learning_type: str) -> list[tuple[str, ...]]:
-    """Preload stages for one spec. RL trains in Ray workers of its own, so only the steps around it gain."""
-    stages = list(SUPERVISED_STAGES)
+def preload_for(algorithm: str, learning_type: str) -> Preload:
+    """The imports one spec's steps need. RL trains in Ray workers of its own: only the steps around it gain."""
     if learning_type == "reinforcement":
-        stages = [stages[0][:1] + ("issueops.steps",), stages[3], stages[4]]
-    if algorithm in EXTRA_STAGES:
-        stages.insert(1, EXTRA_STAGES[algorithm])
-    return stages
+        return Preload(
+            shared=(EXECUTOR_MODULE, "issueops.steps"),
+            data=("gymnasium", "onnxruntime", "matplotlib.pyplot", "issueops.evaluate", "issueops.judge"),
+            publish=_REGISTRY + _PACKAGING,
+        )
+    data_extra, publish_extra = _EXTRA.get(algorithm, ((), ()))
+    return Preload(
+        shared=(EXECUTOR_MODULE, "pandas", "issueops.steps"),
+        data=(*data_extra, "sklearn.model_selection", "sklearn.preprocessing", "issueops.prepare", "sklearn.ensemble",
+              "sklearn.linear_model", "sklearn.cluster", "issueops.training", "sklearn.metrics", "matplotlib.pyplot",
+              "issueops.evaluate", "issueops.judge"),
+        publish=(*_REGISTRY, *publish_extra, "skl2onnx", *_PACKAGING),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- server (the preloaded process)
 
 
-def serve(socket_path: str, stages: Sequence[Sequence[str]]) -> None:
+def serve(directory: str, preload: Preload, owner: int) -> None:
+    """Load `shared`, fork the publish lane, load the data lane here; answer requests all along."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked tasks are reaped by the kernel
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
-    listener.listen(16)
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
-    for module in (module for stage in stages for module in stage):
-        _answer_waiting(listener, selector, timeout=0)  # a waiting task forks with what is loaded so far
-        with contextlib.suppress(Exception):  # a missing optional library is the task's problem, not ours
-            importlib.import_module(module)
+    lane = _Lane(directory, "data", owner)
+    lane.load(preload.shared)
+    if os.fork() == 0:
+        lane.listener.close()
+        lane = _Lane(directory, "publish", os.getppid())
+    lane.load(preload.lanes()[lane.name])
     while True:
-        _answer_waiting(listener, selector, timeout=None)
-
-
-def _answer_waiting(listener: socket.socket, selector: selectors.BaseSelector, timeout: float | None) -> None:
-    while selector.select(timeout):
-        connection, _ = listener.accept()
-        try:
-            request, fds = _receive(connection)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            connection.close()
-            continue
-        if request.get("kind") == "stop":
+        lane.answer(timeout=1.0)
+        if os.getppid() != lane.owner:  # whoever started us is gone: so is the run
             os._exit(0)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if os.fork() == 0:
-            listener.close()
-            _child(connection, request, fds)
-        connection.close()
-        for fd in fds:
-            os.close(fd)
-        timeout = 0
+
+
+class _Lane:
+    def __init__(self, directory: str, name: str, owner: int):
+        self.name, self.owner = name, owner
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(os.path.join(directory, f"{name}.sock"))
+        self.listener.listen(16)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+
+    def load(self, modules: Sequence[str]) -> None:
+        for module in modules:
+            self.answer(timeout=0)  # a waiting task forks with what is loaded so far
+            with contextlib.suppress(Exception):  # a missing optional library is the task's problem
+                importlib.import_module(module)
+
+    def answer(self, timeout: float | None) -> None:
+        while self.selector.select(timeout):
+            connection, _ = self.listener.accept()
+            try:
+                request, fds = _receive(connection)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                connection.close()
+                continue
+            if request.get("kind") == "stop":
+                os._exit(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                self.listener.close()
+                _child(connection, request, fds)
+            connection.close()
+            for fd in fds:
+                os.close(fd)
+            timeout = 0
 
 
 def _send(connection: socket.socket, value: object, fds: Sequence[int] = ()) -> None:
@@ -191,41 +236,42 @@ def task_parts(full_command: Sequence[str]) -> tuple[str, list[str]] | None:
 
 
 class PreforkServer:
-    """The preloaded process for one pipeline run, reached over a Unix socket in a private directory."""
+    """The preloaded processes of one pipeline run, reached over Unix sockets in a private directory."""
 
-    def __init__(self, stages: Sequence[Sequence[str]]):
+    def __init__(self, preload: Preload):
         self._dir = tempfile.mkdtemp(prefix="issueops-prefork-")
-        self.socket_path = os.path.join(self._dir, "tasks.sock")
-        env = {**os.environ, "_KFP_RUNTIME": "true"}
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "issueops.prefork",
-                self.socket_path,
-                json.dumps([list(s) for s in stages]),
+                self._dir,
+                json.dumps(asdict(preload)),
+                str(os.getpid()),
             ],
-            env=env,
+            env={**os.environ, "_KFP_RUNTIME": "true"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # only import-time chatter; each task writes to the runner's stdout
             stderr=subprocess.DEVNULL,
         )
 
-    def _connect(self, deadline_s: float = 30.0) -> socket.socket:
+    def _connect(self, lane: str, deadline_s: float = 30.0) -> socket.socket:
+        """The lane's server; the data lane (which forks with what it has) until that one is up."""
         end = time.monotonic() + deadline_s
         while True:
-            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                client.connect(self.socket_path)
-                return client
-            except (FileNotFoundError, ConnectionRefusedError):
-                client.close()
-                if self.process.poll() is not None or time.monotonic() > end:
-                    raise
-                time.sleep(0.02)
+            for name in dict.fromkeys((lane, "data")):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    client.connect(os.path.join(self._dir, f"{name}.sock"))
+                    return client
+                except (FileNotFoundError, ConnectionRefusedError):
+                    client.close()
+            if self.process.poll() is not None or time.monotonic() > end:
+                raise ConnectionRefusedError(f"no preloaded process answers in {self._dir}")
+            time.sleep(0.02)
 
-    def _ask(self, request: dict) -> tuple:
-        client = self._connect()
+    def _ask(self, request: dict, lane: str = "data") -> tuple:
+        client = self._connect(lane)
         request |= {
             "cwd": os.getcwd(),
             "env": {**os.environ, **request.pop("env_vars", {}), "_KFP_RUNTIME": "true"},
@@ -245,9 +291,13 @@ class PreforkServer:
         if parts is None:
             return None
         source, args = parts
+        function = (
+            args[args.index("--function_to_execute") + 1] if "--function_to_execute" in args[:-1] else ""
+        )
         try:
             kind, value = self._ask(
-                {"kind": "task", "source": source, "args": args, "env_vars": env_vars or {}}
+                {"kind": "task", "source": source, "args": args, "env_vars": env_vars or {}},
+                lane="publish" if function in PUBLISH_STEPS else "data",
             )
         except OSError:
             return None  # the server did not come up: the runner starts the task itself
@@ -265,17 +315,16 @@ class PreforkServer:
         raise RuntimeError(f"{function.__qualname__} ended without an answer (exit {value}).")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.connect(self.socket_path)
-            _send(client, {"kind": "stop"})
+        for lane in ("publish", "data"):
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(os.path.join(self._dir, f"{lane}.sock"))
+                _send(client, {"kind": "stop"})
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        with contextlib.suppress(OSError):
-            os.unlink(self.socket_path)
-            os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 _active: PreforkServer | None = None
@@ -287,7 +336,7 @@ def active_server() -> PreforkServer | None:
 
 
 @contextlib.contextmanager
-def prefork_tasks(stages: Sequence[Sequence[str]]) -> Iterator[PreforkServer | None]:
+def prefork_tasks(preload: Preload) -> Iterator[PreforkServer | None]:
     """While active, KFP's SubprocessRunner starts its tasks as forks of a preloaded server.
 
     Nested uses share the outer server, so a caller can start it early (its imports then overlap
@@ -300,7 +349,7 @@ def prefork_tasks(stages: Sequence[Sequence[str]]) -> Iterator[PreforkServer | N
     from kfp.local import subprocess_task_handler
 
     original = subprocess_task_handler.run_local_subprocess
-    server = PreforkServer(stages)
+    server = PreforkServer(preload)
 
     def run_local_subprocess(full_command, env_vars=None):
         status = server.run(full_command, env_vars)
@@ -317,4 +366,4 @@ def prefork_tasks(stages: Sequence[Sequence[str]]) -> Iterator[PreforkServer | N
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], json.loads(sys.argv[2]))
+    serve(sys.argv[1], Preload(**{k: tuple(v) for k, v in json.loads(sys.argv[2]).items()}), int(sys.argv[3]))

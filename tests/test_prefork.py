@@ -8,8 +8,10 @@ from kfp import dsl, local
 from issueops.config import Settings
 from issueops.errors import DatasetError
 from issueops.execution import check_inputs
-from issueops.prefork import active_server, prefork_tasks, task_parts
+from issueops.prefork import Preload, active_server, prefork_tasks, task_parts
 from issueops.spec import parse_issue_body
+
+NOTHING = Preload(shared=(), data=(), publish=())
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -33,7 +35,9 @@ def _sum_pipeline(a: int, b: int) -> int:
 
 @pytest.fixture
 def local_runner(tmp_path):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=False)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=False
+    )
 
 
 def test_task_parts_recognises_only_plain_lightweight_components():
@@ -41,13 +45,15 @@ def test_task_parts_recognises_only_plain_lightweight_components():
     source, args = task_parts([*command, "--executor_input", "{}", "--function_to_execute", "_add"])
     assert "def _add(" in source and args == ["--executor_input", "{}", "--function_to_execute", "_add"]
     assert task_parts(["python", "-m", "kfp.dsl.executor_main"]) is None
-    with_pip = dsl.component(base_image="python:3.11")(_add.python_func).component_spec.implementation.container
+    with_pip = dsl.component(base_image="python:3.11")(
+        _add.python_func
+    ).component_spec.implementation.container
     assert task_parts([*with_pip.command, "--function_to_execute", "_add"]) is None
 
 
 def test_pipeline_runs_through_the_preloaded_process(local_runner, monkeypatch):
     monkeypatch.setenv("PREFORK_TEST_OFFSET", "100")
-    with prefork_tasks([("kfp.dsl.executor_main",)]) as server:
+    with prefork_tasks(Preload(shared=("kfp.dsl.executor_main",), data=(), publish=())) as server:
         assert server is not None and active_server() is server
         calls = []
         original = server.run
@@ -60,25 +66,29 @@ def test_pipeline_runs_through_the_preloaded_process(local_runner, monkeypatch):
 
 
 def test_a_task_that_dies_fails_like_a_subprocess(tmp_path):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
-    with prefork_tasks([]), pytest.raises(RuntimeError, match="FAILURE"):
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True
+    )
+    with prefork_tasks(NOTHING), pytest.raises(RuntimeError, match="FAILURE"):
         _crash()
 
 
 def test_call_returns_results_and_raises_the_callers_error_class(tmp_path):
-    spec = parse_issue_body("learning_type: supervised\nalgorithm: random_forest\ndataset_id: no-such-dataset\n")
-    with prefork_tasks([]) as server:
+    spec = parse_issue_body(
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: no-such-dataset\n"
+    )
+    with prefork_tasks(NOTHING) as server:
         assert server.call(os.getpid) != os.getpid()
         with pytest.raises(DatasetError, match="no-such-dataset"):
             server.call(check_inputs, spec, Settings(home=tmp_path))
 
 
 def test_nested_use_shares_one_server():
-    with prefork_tasks([]) as outer, prefork_tasks([]) as inner:
+    with prefork_tasks(NOTHING) as outer, prefork_tasks(NOTHING) as inner:
         assert inner is outer
 
 
 def test_switched_off_by_setting(monkeypatch):
     monkeypatch.setenv("ISSUEOPS_LOCAL_TASKS", "subprocess")
-    with prefork_tasks([]) as server:
+    with prefork_tasks(NOTHING) as server:
         assert server is None and active_server() is None
