@@ -303,10 +303,11 @@ class PreforkServer:
             return None  # the server did not come up: the runner starts the task itself
         return value if kind == "exit" else 1
 
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+    def call(self, function: Callable[..., Any], *args: Any, lane: str = "data") -> Any:
         """function(*args) in a fork of the preloaded process; its result, or its exception raised here."""
         kind, value = self._ask(
-            {"kind": "call", "module": function.__module__, "function": function.__qualname__, "args": args}
+            {"kind": "call", "module": function.__module__, "function": function.__qualname__, "args": args},
+            lane=lane,
         )
         if kind == "ok":
             return value

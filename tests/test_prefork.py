@@ -1,6 +1,10 @@
 """The local runner's tasks as forks of a preloaded process: same results, same failures, no leftovers."""
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from kfp import dsl, local
@@ -92,3 +96,41 @@ def test_switched_off_by_setting(monkeypatch):
     monkeypatch.setenv("ISSUEOPS_LOCAL_TASKS", "subprocess")
     with prefork_tasks(NOTHING) as server:
         assert server is None and active_server() is None
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_publish_steps_fork_from_their_own_lane_and_every_lane_ends_with_the_run(tmp_path):
+    with prefork_tasks(NOTHING) as server:
+        while not (server._dir and os.path.exists(os.path.join(server._dir, "publish.sock"))):
+            time.sleep(0.02)
+        data_parent = server.call(os.getppid)
+        publish_parent = server.call(os.getppid, lane="publish")
+        assert data_parent == server.process.pid and publish_parent != data_parent
+    assert _wait_gone(publish_parent) and _wait_gone(data_parent)
+
+
+def test_the_server_ends_when_the_run_that_started_it_dies():
+    script = (
+        "import os\nfrom issueops.prefork import Preload, prefork_tasks\n"
+        "with prefork_tasks(Preload((), (), ())) as server:\n"
+        "    print(server.process.pid, server.call(os.getppid, lane='publish'), flush=True)\n"
+        "    os._exit(0)  # no clean-up: as if the run were killed\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    data_server, publish_server = map(int, out.stdout.split())
+    assert _wait_gone(data_server) and _wait_gone(publish_server)
