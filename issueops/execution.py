@@ -27,9 +27,9 @@ def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore | None 
     """
     server = active_server()
     if server is not None:
-        server.call(check_inputs, spec, settings)
-    else:
-        check_inputs(spec, settings, store)
+        with contextlib.suppress(OSError):  # the preloaded process is gone: check here instead
+            return server.call(check_inputs, spec, settings)
+    check_inputs(spec, settings, store)
 
 
 def check_inputs(spec: TrainingSpec, settings: Settings, store: ObjectStore | None = None) -> None:
