@@ -81,7 +81,7 @@ def preload_for(algorithm: str, learning_type: str) -> Preload:
     """The imports one spec's steps need. RL trains in Ray workers of its own: only the steps around it gain."""
     if learning_type == "reinforcement":
         return Preload(
-            shared=(EXECUTOR_MODULE, "issueops.steps"),
+            shared=(EXECUTOR_MODULE, "pandas", "issueops.steps"),
             data=("gymnasium", "onnxruntime", "matplotlib.pyplot", "issueops.evaluate", "issueops.judge"),
             publish=_REGISTRY + _PACKAGING,
         )
@@ -347,10 +347,13 @@ def prefork_tasks(preload: Preload) -> Iterator[PreforkServer | None]:
     if _active is not None or os.environ.get("ISSUEOPS_LOCAL_TASKS", "prefork") != "prefork":
         yield _active
         return
-    from kfp.local import subprocess_task_handler
-
+    server = PreforkServer(preload)  # first: it loads while this process imports kfp
+    try:
+        from kfp.local import subprocess_task_handler
+    except BaseException:
+        server.close()
+        raise
     original = subprocess_task_handler.run_local_subprocess
-    server = PreforkServer(preload)
 
     def run_local_subprocess(full_command, env_vars=None):
         status = server.run(full_command, env_vars)
