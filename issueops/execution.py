@@ -183,6 +183,8 @@ class _StepWatcher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+        with contextlib.suppress(Exception):
+            self.poll()  # what the last steps did since the previous poll
         self.poll()
 
 

@@ -17,13 +17,13 @@ STEP_POLICIES: dict[str, StepPolicy] = {
     "train": StepPolicy(60 * 60, 1),
     "evaluate": StepPolicy(15 * 60, 3),
     "judge": StepPolicy(5 * 60, 0),
-    "notify": StepPolicy(5 * 60, 3),
     "register": StepPolicy(10 * 60, 3),
     "package": StepPolicy(20 * 60, 1),
     "build_tensorrt_engine": StepPolicy(30 * 60, 1),
     "deploy": StepPolicy(10 * 60, 3),
-    "write_history": StepPolicy(5 * 60, 3),
     "rollback": StepPolicy(10 * 60, 3),
+    "write_history": StepPolicy(5 * 60, 3),
+    "notify": StepPolicy(5 * 60, 3),
 }
 
 
