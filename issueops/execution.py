@@ -90,7 +90,9 @@ def run_local(
     with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):
         if not checked:
             preflight(spec, settings, store)
-        run_id = start_request(store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id)
+        run_id = start_request(
+            store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id
+        )
         log_path = settings.home / "logs" / f"{run_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -7,8 +7,10 @@ retries; only the process start changes. The task's command (`sh -ec <script> <c
 --executor_input ... --function_to_execute f`) becomes a fork of a preloaded server that writes the
 component source where the script would and calls kfp's own `executor_main`.
 
-The server imports module by module and answers between imports, so the first task does not wait for the
-libraries that only the last one needs. It is single-threaded (forking is safe) and ends with the run.
+The server imports module by module and answers between imports, so the first task does not wait
+for the libraries that only the last one needs; after the shared modules it forks a second lane
+for the publishing steps, so the two sets load on two cores. Each server is single-threaded
+(forking is safe) and ends with the run, or when the process that started it is gone.
 Anything that is not a plain lightweight-component command falls back to KFP's own subprocess start.
 ISSUEOPS_LOCAL_TASKS=subprocess turns prefork off.
 """
