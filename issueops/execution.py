@@ -10,7 +10,7 @@ from pathlib import Path
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
-from issueops.prefork import active_server, prefork_tasks, preload_for
+from issueops.prefork import ServerGone, active_server, prefork_tasks, preload_for
 from issueops.results import RunResult, StepTiming
 from issueops.runs import RunRecord, collect_result, new_run_id, utcnow
 from issueops.spec import TrainingSpec
@@ -27,7 +27,7 @@ def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore | None 
     """
     server = active_server()
     if server is not None:
-        with contextlib.suppress(OSError):  # the preloaded process is gone: check here instead
+        with contextlib.suppress(ServerGone):  # the preloaded process is gone: check here instead
             return server.call(check_inputs, spec, settings)
     check_inputs(spec, settings, store)
 

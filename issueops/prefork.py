@@ -237,6 +237,10 @@ def task_parts(full_command: Sequence[str]) -> tuple[str, list[str]] | None:
     return full_command[3], list(full_command[4:])
 
 
+class ServerGone(ConnectionRefusedError):
+    """The preloaded process does not answer (it ended or never came up); never a task's own error."""
+
+
 class PreforkServer:
     """The preloaded processes of one pipeline run, reached over Unix sockets in a private directory."""
 
@@ -269,7 +273,7 @@ class PreforkServer:
                 except (FileNotFoundError, ConnectionRefusedError):
                     client.close()
             if self.process.poll() is not None or time.monotonic() > end:
-                raise ConnectionRefusedError(f"no preloaded process answers in {self._dir}")
+                raise ServerGone(f"no preloaded process answers in {self._dir}")
             time.sleep(0.02)
 
     def _ask(self, request: dict, lane: str = "data") -> tuple:

@@ -11,7 +11,7 @@ from kfp import dsl, local
 
 from issueops.config import Settings
 from issueops.errors import DatasetError
-from issueops.execution import check_inputs
+from issueops.execution import check_inputs, preflight
 from issueops.prefork import Preload, active_server, prefork_tasks, task_parts
 from issueops.spec import parse_issue_body
 
@@ -134,3 +134,14 @@ def test_the_server_ends_when_the_run_that_started_it_dies():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     data_server, publish_server = map(int, out.stdout.split())
     assert _wait_gone(data_server) and _wait_gone(publish_server)
+
+
+def test_preflight_checks_here_when_the_preloaded_process_is_gone(tmp_path):
+    spec = parse_issue_body(
+        "learning_type: supervised\nalgorithm: random_forest\ndataset_id: no-such-dataset\n"
+    )
+    with prefork_tasks(NOTHING) as server:
+        server.process.kill()
+        server.process.wait()
+        with pytest.raises(DatasetError, match="no-such-dataset"):
+            preflight(spec, Settings(home=tmp_path))
