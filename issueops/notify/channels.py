@@ -49,8 +49,7 @@ class DeliveryError(ExternalServiceError):
         status: int | None = None,
         retry_after: float | None = None,
     ):
-        super().__init__(mask(message), transient=transient, status=status)
-        self.retry_after = retry_after
+        super().__init__(mask(message), transient=transient, status=status, retry_after=retry_after)
 
 
 class Channel(Protocol):
