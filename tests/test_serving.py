@@ -333,3 +333,59 @@ def test_deploy_step_records_the_local_endpoint(world):
     store = open_store(Settings.from_env())
     assert RunRecord(store, run_id).read("serving.json")["endpoint"] == serving["endpoint"]
     assert collect_result(store, run_id).endpoint == serving["endpoint"]
+
+
+def test_workers_share_the_port_follow_production_and_end_with_the_server(world):
+    """`--workers 2`: two processes answer on one HTTP port, both move when production moves, and
+    the worker ends when the first process is killed outright."""
+    import psutil
+
+    registry = world["registry"]
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    http, grpc = free_port(), free_port()
+    process = subprocess.Popen(
+        [*SERVE, "serve", "--model", RF, "--port", str(http), "--grpc-port", str(grpc), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"]), "ISSUEOPS_SERVE_POLL_S": "0.3"},
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout.readline().startswith(f"serving {RF} v")
+        [worker] = psutil.Process(process.pid).children()
+        server = {"http": f"127.0.0.1:{http}"}
+        before = int(registry.production(RF).version)
+        target = 1 if before != 1 else 2  # both packaged intact (the earlier test corrupts version 3)
+        registry.rollback_production(RF, target, actor="test", reason="workers follow")
+        deadline = time.monotonic() + 20
+        answers = []
+        while time.monotonic() < deadline:  # every process, not just one, serves the new version
+            answers = [served_version(server, RF, rows, "FP64") for _ in range(20)]
+            if set(answers) == {str(target)}:
+                break
+            time.sleep(0.2)
+        assert set(answers) == {str(target)}
+        grpc_version = grpc_infer(f"127.0.0.1:{grpc}", RF, rows, "FP64").get_response().model_version
+        assert grpc_version == str(target)
+        process.kill()
+        process.wait(timeout=10)
+        assert worker.wait(timeout=10) is not None or not worker.is_running()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "two"])
+def test_bad_worker_counts_are_refused(world, workers):
+    done = subprocess.run(
+        [*SERVE, "serve", "--workers", workers, "--port", str(free_port()), "--grpc-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--workers" in done.stderr

@@ -30,6 +30,12 @@ def add_serving_parser(subparsers) -> None:
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="HTTP processes sharing the port, one per free core (default: 1; gRPC is served by the first)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -74,6 +80,7 @@ def cmd_serve(args) -> int:
             port=args.port,
             grpc_port=args.grpc_port,
             host=args.host,
+            workers=args.workers,
             ready=lambda line: print(line, flush=True),
         )
         return 0
