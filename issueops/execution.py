@@ -208,14 +208,18 @@ def run_with_status(
     attempt: int = 1,
     sink=None,
     progress: ProgressCallback | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
-    """run_local with one status comment for the attempt, created at start and edited per step."""
+    """run_local with one status comment for the attempt, created at start and edited per step.
+
+    run_id: chosen by the caller when it must name the run before it ends (the MCP tool does).
+    """
     with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):  # preloads while we check
         from issueops.runs import PIPELINE_STEPS
         from issueops.status import StatusReport
 
         settings = settings or Settings.from_env()
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         target = spec.dataset_id or spec.environment
         report = StatusReport(
             sink or status_sink(settings, issue),

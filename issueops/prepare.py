@@ -72,11 +72,7 @@ def check_dataset(spec: TrainingSpec, settings: Settings, store: ObjectStore) ->
 
     target = None
     if spec.learning_type == "supervised":
-        target = (
-            spec.target
-            or loaded.target_hint
-            or next((c for c in TARGET_CANDIDATES if c in frame.columns), None)
-        )
+        target = spec.target or default_target(loaded)
         if target is None:
             problems.append(
                 f"no target column: set 'target' to one of {', '.join(map(str, frame.columns[:20]))}."
@@ -144,6 +140,40 @@ def check_dataset(spec: TrainingSpec, settings: Settings, store: ObjectStore) ->
     if problems:
         raise DatasetError(problems[0], problems=[f"Dataset {spec.dataset_id}: {p}" for p in problems])
     return loaded, report
+
+
+def default_target(loaded: LoadedDataset) -> str | None:
+    """The target column a supervised spec that names none gets: the dataset's own, else a usual name."""
+    columns = [str(c) for c in loaded.train.columns]
+    return loaded.target_hint or next((c for c in TARGET_CANDIDATES if c in columns), None)
+
+
+@dataclass
+class DatasetDescription:
+    """What a dataset holds, read without a spec: enough to write one."""
+
+    dataset_id: str
+    source: str
+    rows: int
+    test_rows: int | None  # rows of its own test table, when it comes with one
+    columns: dict[str, str]  # name -> numeric | categorical | unsupported
+    target: str | None  # what a supervised spec that names no target would use
+    missing_values: int
+
+
+def describe_dataset(dataset_id: str, settings: Settings, store: ObjectStore) -> DatasetDescription:
+    """Rows, columns and their kinds, and the default target of a dataset; DatasetError if unreadable."""
+    loaded = load_dataset(dataset_id, settings, store)
+    frame = loaded.train
+    return DatasetDescription(
+        dataset_id=dataset_id,
+        source=loaded.source,
+        rows=len(frame),
+        test_rows=None if loaded.test is None else len(loaded.test),
+        columns={str(c): _column_kind(frame.iloc[:, i]) for i, c in enumerate(frame.columns)},
+        target=default_target(loaded),
+        missing_values=int(frame.isna().sum().sum()),
+    )
 
 
 def _column_kind(column: pd.Series) -> str:

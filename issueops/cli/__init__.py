@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     from issueops.cli.bridge import add_bridge_parser
+    from issueops.cli.mcp import add_mcp_parser
     from issueops.cli.registry import add_registry_parser
     from issueops.cli.serving import add_serving_parser
 
-    return [add_registry_parser, add_serving_parser, add_bridge_parser]
+    return [add_registry_parser, add_serving_parser, add_bridge_parser, add_mcp_parser]
 
 
 def read_body(path: str) -> str:
