@@ -245,6 +245,53 @@ def test_bad_requests_are_refused_with_a_reason(world, server, protocol):
     assert str(unknown.value.status()) in ("404", "StatusCode.NOT_FOUND")
 
 
+def post_v2(server, model: str, header: dict | bytes, tensor: bytes = b"", json_length: int | None = None):
+    """A raw V2 request with the binary tensor extension, as tritonclient frames it."""
+    import http.client
+
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    host, port = server["http"].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(
+        "POST",
+        f"/v2/models/{model}/infer",
+        body=head + tensor,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head) if json_length is None else json_length),
+        },
+    )
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_hand_framed_binary_and_json_requests(world, server):
+    """Binary tensors, JSON tensors and requested outputs all answer like tritonclient's requests;
+    a body shorter or longer than its header says, or a header that is not JSON, is a 400."""
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:3]
+    expected = http_infer(server["http"], RF, rows, "FP64").as_numpy("label")
+    tensor = {"name": "input", "shape": [3, 30], "datatype": "FP64"}
+    binary = {"inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}]}
+
+    status, body = post_v2(server, RF, {**binary, "outputs": [{"name": "label"}]}, rows.tobytes())
+    assert status == 200
+    answer = json.loads(body)
+    assert [o["name"] for o in answer["outputs"]] == ["label"] and answer["outputs"][0]["data"] == list(expected)
+
+    status, body = post_v2(server, RF, {"inputs": [{**tensor, "data": rows.ravel().tolist()}]})
+    assert status == 200 and [o for o in json.loads(body)["outputs"] if o["name"] == "label"][0]["data"] == list(
+        expected
+    )
+
+    for tensor_bytes in (rows.tobytes()[:-8], rows.tobytes() + b"extra"):
+        status, body = post_v2(server, RF, binary, tensor_bytes)
+        assert status == 400 and b"its header announces 720" in body and b"Traceback" not in body
+    status, body = post_v2(server, RF, b"{not json", rows.tobytes())
+    assert status == 400 and b"Unrecognized request format" in body
+    status, body = post_v2(server, RF, binary, rows.tobytes(), json_length=len(json.dumps(binary)) + 5000)
+    assert status == 400 and b"Traceback" not in body
+
+
 def test_port_in_use_is_a_clear_error(world, server):
     http, _ = server["ports"]
     done = subprocess.run(

@@ -463,6 +463,13 @@ class _VersionedDataPlane:
         from kserve.protocol.dataplane import DataPlane
 
         class VersionedDataPlane(DataPlane):
+            def decode_inference_request(self, body, headers, model_name):
+                if isinstance(body, bytes):
+                    request = _binary_tensor_request(body, headers, model_name)
+                    if request is not None:
+                        return request
+                return super().decode_inference_request(body, headers, model_name)
+
             async def model_metadata(self, model_name: str) -> dict:
                 metadata = await super().model_metadata(model_name)
                 current = getattr(self.get_model_from_registry(model_name), "current", None)
@@ -472,6 +479,60 @@ class _VersionedDataPlane:
                 return metadata
 
         return VersionedDataPlane(model_registry=repository)
+
+
+NUMERIC_DATATYPES = frozenset({"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "FP32", "FP64"})
+
+
+def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
+    """kserve's InferRequest.from_bytes for a request whose inputs are all numeric binary tensors,
+    without the copy of every value into a Python list that from_bytes makes (as_numpy turns it
+    back into an array): the tensor keeps its bytes, read with numpy.frombuffer. 114 rows of 30
+    features cost 3,420 float objects per request that way. None: let kserve decode it.
+    """
+    import orjson
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InvalidInput as KServeInvalidInput
+    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+    try:
+        json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, ""))
+        header = orjson.loads(body[:json_length])
+        inputs = header["inputs"]
+        sizes = [i["parameters"]["binary_data_size"] for i in inputs]
+        simple = all(
+            i.get("data") is None
+            and i["datatype"] in NUMERIC_DATATYPES
+            and type(n) is int
+            and n >= 0
+            and isinstance(i["shape"], list)
+            and all(type(d) is int for d in i["shape"])
+            for i, n in zip(inputs, sizes, strict=True)
+        )
+        outputs = header.get("outputs")
+        requested = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in outputs or ()]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # kserve explains what is wrong with it
+    if not simple or json_length + sum(sizes) != len(body):
+        if simple:
+            raise KServeInvalidInput(
+                f"The request body holds {len(body) - json_length} bytes of tensor data; its header "
+                f"announces {sum(sizes)}."
+            )
+        return None
+    tensors, start = [], json_length
+    for spec, size in zip(inputs, sizes, strict=True):
+        tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec["parameters"])
+        tensor._raw_data = body[start : start + size]  # as kserve's from_bytes sets it
+        tensors.append(tensor)
+        start += size
+    return InferRequest(
+        model_name=model_name,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        infer_inputs=tensors,
+        request_outputs=requested or None,
+    )
 
 
 class _ClientErrors(logging.Filter):
