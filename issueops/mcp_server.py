@@ -253,6 +253,14 @@ async def archive_version(
 
 
 @tool
+async def reject_version(
+    model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
+) -> VersionInfo:
+    """Reject a version that is not in production: it can never be approved or rolled back to."""
+    return await _offload(lambda: _shared(ctx).registry.reject(model, version, actor(), reason))
+
+
+@tool
 async def rollback_production(
     model: ModelName,
     ctx: Context,

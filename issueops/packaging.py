@@ -44,7 +44,7 @@ def resolve_version(registry, model: str, version: int | str | None):
     if version in (None, "", "production"):
         info = registry.production(model)
         if info is None:
-            raise NotFound(f"{model} has no production version; name one with --version.")
+            raise NotFound(f"{model} has no production version; name the version to package.")
         return info
     return registry.version(model, version)
 

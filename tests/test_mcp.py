@@ -25,6 +25,7 @@ TOOLS = {
     "model_history",
     "approve_version",
     "archive_version",
+    "reject_version",
     "rollback_production",
     "package_version",
     "predict",
@@ -204,6 +205,7 @@ async def test_train_package_predict_rollback_archive_through_the_tools(server):
 
         archived = await call(client, "archive_version", model=MODEL, version=2, reason="superseded")
         assert archived["status"] == "Archived" and archived["aliases"] == []
+        assert "is in production" in await refusal(client, "reject_version", model=MODEL, version=1)
         shown = await call(client, "show_model", model=MODEL)
         assert shown["production"] == 1
         assert [(v["version"], v["status"]) for v in shown["versions"]] == [(2, "Archived"), (1, "Approved")]
