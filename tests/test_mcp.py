@@ -4,6 +4,7 @@ started over stdio by mcp's stdio client. Training runs the real local pipeline.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -249,3 +250,16 @@ async def test_stdio_server_keeps_stdout_for_the_protocol(home, tmp_path):
     assert f"{run.structured_content['run_id']}: notify done" in " ".join(progress)
     assert stray == []
     assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+def test_server_and_predictions_leave_kserve_unloaded():
+    """kserve's gRPC messages and tritonclient.grpc's share names: a process holding both fails to
+    import the second. The MCP server (and its predictions) must stay usable beside a client."""
+    script = (
+        "import sys, issueops.mcp_server, issueops.prediction, issueops.serving.model\n"
+        "import tritonclient.grpc\n"
+        "print(sorted(m for m in sys.modules if m == 'kserve' or m.startswith('kserve.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,23 +1,21 @@
-"""One served model: the loaded version (ONNX Runtime session + dynamic batcher) behind KServe's Model.
+"""One loaded version of a model: ONNX Runtime session + dynamic batcher, without kserve.
 
 The Triton repository the version was packaged as is what is served: config.pbtxt gives the
-tensors, `max_batch_size` and the dynamic-batching delay, model.onnx the graph.
+tensors, `max_batch_size` and the dynamic-batching delay, model.onnx the graph. kserve stays out
+of this module (served.py puts it behind kserve's Model): kserve's gRPC messages and
+tritonclient.grpc's share names and cannot be loaded into one process, and the MCP server's
+predictions, which load versions here, run beside clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from kserve import Model
-from kserve.errors import InvalidInput as KServeInvalidInput
-from kserve.errors import ModelNotReady
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from issueops import triton
 from issueops.errors import InvalidInput
@@ -198,8 +196,9 @@ class LoadedVersion:
                 f"Version {self.version} of {self.model} does not answer one row per input row."
             )
 
-    def decode(self, request: InferRequest) -> tuple[dict[str, np.ndarray], int]:
-        """The request's tensors as arrays, or kserve's InvalidInput (HTTP 400, gRPC INVALID_ARGUMENT)."""
+    def decode(self, request) -> tuple[dict[str, np.ndarray], int]:
+        """A V2 request's tensors (`.inputs` with name, datatype, shape, as_numpy()) as arrays, or
+        InvalidInput saying what is wrong (HTTP 400, gRPC INVALID_ARGUMENT)."""
         expected = {t.name: t for t in self.inputs}
         given = {i.name: i for i in request.inputs}
 
@@ -208,42 +207,40 @@ class LoadedVersion:
 
         unknown = sorted(set(given) - set(expected))
         if unknown:
-            raise KServeInvalidInput(
+            raise InvalidInput(
                 f"Model {self.model} has no input named {', '.join(map(repr, unknown))}; "
                 f"it expects {', '.join(describe(t) for t in self.inputs)}."
             )
         missing = [describe(expected[n]) for n in expected if n not in given]
         if missing:
-            raise KServeInvalidInput(f"Model {self.model} needs input {', '.join(missing)}.")
+            raise InvalidInput(f"Model {self.model} needs input {', '.join(missing)}.")
         feeds, rows = {}, None
         for name, spec in expected.items():
             tensor = given[name]
             if tensor.datatype != spec.datatype:
-                raise KServeInvalidInput(
+                raise InvalidInput(
                     f"Input '{name}' of model {self.model} must be {spec.datatype}, not {tensor.datatype}."
                 )
             shape = list(tensor.shape)
             if len(shape) != len(spec.shape) or any(
                 w != -1 and w != s for w, s in zip(spec.shape, shape, strict=True)
             ):
-                raise KServeInvalidInput(
+                raise InvalidInput(
                     f"Input '{name}' of model {self.model} must have shape {spec.shape} (-1: any batch size), "
                     f"not {shape}."
                 )
             if shape[0] < 1 or shape[0] > self.max_batch_size:
-                raise KServeInvalidInput(
+                raise InvalidInput(
                     f"Input '{name}' has a batch of {shape[0]} rows; model {self.model} takes 1 to "
                     f"{self.max_batch_size} per request."
                 )
             if rows is not None and shape[0] != rows:
-                raise KServeInvalidInput(
-                    f"Every input of model {self.model} must have the same number of rows."
-                )
+                raise InvalidInput(f"Every input of model {self.model} must have the same number of rows.")
             rows = shape[0]
             try:
                 array = tensor.as_numpy()
             except Exception as exc:  # noqa: BLE001 - a data/shape mismatch in the payload
-                raise KServeInvalidInput(
+                raise InvalidInput(
                     f"Input '{name}' does not hold {shape} {spec.datatype} values: {exc}"
                 ) from None
             if spec.datatype == "BYTES":
@@ -253,48 +250,3 @@ class LoadedVersion:
                 ).reshape(array.shape)
             feeds[name] = array
         return feeds, rows or 0
-
-
-class ServedModel(Model):
-    """A model name on the endpoint; the version behind it can change while it serves."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.current: LoadedVersion | None = None
-        self.ready = False
-
-    def swap(self, loaded: LoadedVersion) -> LoadedVersion | None:
-        previous, self.current = self.current, loaded
-        self.ready = True
-        return previous
-
-    def load(self) -> bool:  # kserve calls this for a model that is not ready; versions come from swap
-        return self.ready
-
-    def get_input_types(self) -> list[dict]:
-        return [vars(t).copy() for t in self.current.inputs] if self.current else []
-
-    def get_output_types(self) -> list[dict]:
-        return [vars(t).copy() for t in self.current.outputs] if self.current else []
-
-    async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
-        loaded = self.current
-        if loaded is None:
-            raise ModelNotReady(self.name, "No version is loaded yet.")
-        if not isinstance(payload, InferRequest):
-            raise KServeInvalidInput("This endpoint speaks the Open Inference Protocol (V2) only.")
-        feeds, rows = loaded.decode(payload)
-        results = await loaded.batcher.submit(feeds, rows)
-        outputs = []
-        for spec, array in zip(loaded.outputs, results, strict=True):
-            output = InferOutput(spec.name, list(array.shape), spec.datatype)
-            output.set_data_from_numpy(array, binary_data=True)  # REST re-encodes as JSON unless asked not to
-            outputs.append(output)
-        return InferResponse(
-            response_id=payload.id or str(uuid.uuid4()),
-            model_name=self.name,
-            model_version=str(loaded.version),
-            infer_outputs=outputs,
-            use_binary_outputs=payload.use_binary_outputs,
-            requested_outputs=payload.request_outputs,
-        )

@@ -123,7 +123,7 @@ class Reloader:
 
     async def sync(self) -> None:
         """One poll: move every model whose production alias moved (refusals are retried later)."""
-        from issueops.serving.model import ServedModel
+        from issueops.serving.served import ServedModel
 
         loop = asyncio.get_running_loop()
         wanted = await loop.run_in_executor(None, self.source.production, self.names)
