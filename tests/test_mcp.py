@@ -263,3 +263,16 @@ def test_server_and_predictions_leave_kserve_unloaded():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "example.com"])
+def test_http_transport_refuses_to_listen_beyond_loopback(host):
+    done = subprocess.run(
+        [sys.executable, "-m", "issueops", "mcp", "--transport", "streamable-http", "--host", host],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"listens on loopback only (127.0.0.1, ::1, localhost), not {host}" in done.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+
+from issueops.errors import InvalidInput
 
 DEFAULT_HTTP_PORT = 8090  # beside `issueops serve` (8000, 8001) and `issueops bridge serve` (8080)
 
@@ -35,6 +38,21 @@ def cmd_mcp(args) -> int:
         return 0
     from issueops.serving.server import check_port_free
 
+    if not _is_loopback(args.host):
+        raise InvalidInput(
+            f"The MCP server has no authentication of its own, so it listens on loopback only "
+            f"(127.0.0.1, ::1, localhost), not {args.host}; reach it from elsewhere through an SSH "
+            "tunnel or an authenticating proxy."
+        )
     check_port_free(args.host, args.port, "HTTP")
     server.run("streamable-http", host=args.host, port=args.port)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
