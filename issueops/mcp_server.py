@@ -236,28 +236,28 @@ async def model_history(model: ModelName, ctx: Context) -> list[AuditRecord]:
     return await _offload(lambda: _shared(ctx).registry.history(model))
 
 
-@tool
-async def approve_version(
-    model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
-) -> VersionInfo:
-    """Approve a pending version: it goes to production and the previous production version is archived."""
-    return await _offload(lambda: _shared(ctx).registry.approve(model, version, actor(), reason))
+def _version_change(action: str, description: str) -> Callable[..., Any]:
+    """A registry change to one version as a tool named `<action>_version` (as the CLI's `registry <action>`)."""
+
+    async def change(
+        model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
+    ) -> VersionInfo:
+        registry = _shared(ctx).registry
+        return await _offload(lambda: getattr(registry, action)(model, version, actor(), reason))
+
+    change.__name__ = change.__qualname__ = f"{action}_version"
+    change.__doc__ = description
+    return tool(change)
 
 
-@tool
-async def archive_version(
-    model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
-) -> VersionInfo:
-    """Archive a version that is not in production."""
-    return await _offload(lambda: _shared(ctx).registry.archive(model, version, actor(), reason))
-
-
-@tool
-async def reject_version(
-    model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
-) -> VersionInfo:
-    """Reject a version that is not in production: it can never be approved or rolled back to."""
-    return await _offload(lambda: _shared(ctx).registry.reject(model, version, actor(), reason))
+approve_version = _version_change(
+    "approve",
+    "Approve a pending version: it goes to production and the previous production version is archived.",
+)
+archive_version = _version_change("archive", "Archive a version that is not in production.")
+reject_version = _version_change(
+    "reject", "Reject a version that is not in production: it can never be approved or rolled back to."
+)
 
 
 @tool
