@@ -23,7 +23,7 @@ from issueops.export import TensorSpec
 
 log = logging.getLogger("issueops.serving")
 
-_NUMPY = {
+NUMPY_DTYPES = {  # the V2 datatypes a served graph takes as numbers
     "FP32": np.float32,
     "FP64": np.float64,
     "INT64": np.int64,
@@ -181,7 +181,7 @@ class LoadedVersion:
             t.name: (
                 np.full([1, *t.shape[1:]], "", dtype=object)
                 if t.datatype == "BYTES"
-                else np.zeros([1, *t.shape[1:]], dtype=_NUMPY[t.datatype])
+                else np.zeros([1, *t.shape[1:]], dtype=NUMPY_DTYPES[t.datatype])
             )
             for t in self.inputs
         }

@@ -481,9 +481,6 @@ class _VersionedDataPlane:
         return VersionedDataPlane(model_registry=repository)
 
 
-NUMERIC_DATATYPES = frozenset({"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "FP32", "FP64"})
-
-
 def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
     """kserve's InferRequest.from_bytes for a request whose inputs are all numeric binary tensors,
     without the copy of every value into a Python list that from_bytes makes (as_numpy turns it
@@ -495,6 +492,8 @@ def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
     from kserve.errors import InvalidInput as KServeInvalidInput
     from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
+    from issueops.serving.model import NUMPY_DTYPES
+
     try:
         json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, ""))
         header = orjson.loads(body[:json_length])
@@ -502,7 +501,7 @@ def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
         sizes = [i["parameters"]["binary_data_size"] for i in inputs]
         simple = all(
             i.get("data") is None
-            and i["datatype"] in NUMERIC_DATATYPES
+            and i["datatype"] in NUMPY_DTYPES
             and type(n) is int
             and n >= 0
             and isinstance(i["shape"], list)
@@ -513,13 +512,13 @@ def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
         requested = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in outputs or ()]
     except (ValueError, TypeError, KeyError, AttributeError):
         return None  # kserve explains what is wrong with it
-    if not simple or json_length + sum(sizes) != len(body):
-        if simple:
-            raise KServeInvalidInput(
-                f"The request body holds {len(body) - json_length} bytes of tensor data; its header "
-                f"announces {sum(sizes)}."
-            )
+    if not simple:
         return None
+    if json_length + sum(sizes) != len(body):
+        raise KServeInvalidInput(
+            f"The request body holds {len(body) - json_length} bytes of tensor data; its header "
+            f"announces {sum(sizes)}."
+        )
     tensors, start = [], json_length
     for spec, size in zip(inputs, sizes, strict=True):
         tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec["parameters"])
