@@ -276,12 +276,14 @@ def test_hand_framed_binary_and_json_requests(world, server):
     status, body = post_v2(server, RF, {**binary, "outputs": [{"name": "label"}]}, rows.tobytes())
     assert status == 200
     answer = json.loads(body)
-    assert [o["name"] for o in answer["outputs"]] == ["label"] and answer["outputs"][0]["data"] == list(expected)
-
-    status, body = post_v2(server, RF, {"inputs": [{**tensor, "data": rows.ravel().tolist()}]})
-    assert status == 200 and [o for o in json.loads(body)["outputs"] if o["name"] == "label"][0]["data"] == list(
+    assert [o["name"] for o in answer["outputs"]] == ["label"] and answer["outputs"][0]["data"] == list(
         expected
     )
+
+    status, body = post_v2(server, RF, {"inputs": [{**tensor, "data": rows.ravel().tolist()}]})
+    assert status == 200 and [o for o in json.loads(body)["outputs"] if o["name"] == "label"][0][
+        "data"
+    ] == list(expected)
 
     for tensor_bytes in (rows.tobytes()[:-8], rows.tobytes() + b"extra"):
         status, body = post_v2(server, RF, binary, tensor_bytes)
@@ -290,6 +292,71 @@ def test_hand_framed_binary_and_json_requests(world, server):
     assert status == 400 and b"Unrecognized request format" in body
     status, body = post_v2(server, RF, binary, rows.tobytes(), json_length=len(json.dumps(binary)) + 5000)
     assert status == 400 and b"Traceback" not in body
+
+
+def test_binary_requests_answer_as_kserves_own_route(world, server):
+    """Binary-tensor requests skip FastAPI (InferRoute); their answers match those of the same
+    tensors sent as JSON through kserve's route, JSON and binary outputs alike."""
+    import tritonclient.http as httpclient
+
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:4]
+    tensor = {"name": "input", "shape": [4, 30], "datatype": "FP64"}
+    status, body = post_v2(
+        server,
+        RF,
+        {"id": "same", "inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}]},
+        rows.tobytes(),
+    )
+    status_json, body_json = post_v2(
+        server, RF, {"id": "same", "inputs": [{**tensor, "data": rows.ravel().tolist()}]}
+    )
+    assert status == status_json == 200 and json.loads(body) == json.loads(body_json)
+
+    client = httpclient.InferenceServerClient(server["http"])
+    request = httpclient.InferInput("input", list(rows.shape), "FP64")
+    request.set_data_from_numpy(rows)
+    binary = client.infer(
+        RF, [request], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)]
+    )
+    expected = http_infer(server["http"], RF, rows, "FP64").as_numpy("probabilities")
+    assert np.array_equal(binary.as_numpy("probabilities"), expected) and binary.as_numpy("label") is None
+
+
+def test_oversized_requests_are_refused_before_they_are_read(world, server):
+    """Above --max-request-mb (default 8 MiB): HTTP 413 with a sentence, whether the length is
+    announced or the body is chunked, and gRPC RESOURCE_EXHAUSTED; the server keeps answering."""
+    import http.client
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    host, port = server["http"].split(":")
+    huge = b"0" * (9 << 20)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP64"}]}).encode()
+    for path in (f"/v2/models/{RF}/infer", "/v2/models/no-such-model/versions/1/infer"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request(
+            "POST", path, body=header + huge, headers={"Inference-Header-Content-Length": str(len(header))}
+        )
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "takes at most 8 MiB (issueops serve --max-request-mb)" in json.loads(response.read())["error"]
+        connection.close()
+
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (huge[i : i + (1 << 20)] for i in range(0, len(huge), 1 << 20))
+    connection.request("POST", f"/v2/models/{RF}/infer", body=chunks, encode_chunked=True)
+    assert connection.getresponse().status == 413
+    connection.close()
+
+    client = grpcclient.InferenceServerClient(server["grpc"])
+    tensor = grpcclient.InferInput("input", [40000, 30], "FP64")
+    tensor.set_data_from_numpy(np.zeros((40000, 30)))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(RF, [tensor])
+    assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
+    assert http_infer(server["http"], RF, rows, "FP64").as_numpy("label").shape == (2,)
 
 
 def test_port_in_use_is_a_clear_error(world, server):
@@ -424,10 +491,19 @@ def test_workers_share_the_port_follow_production_and_end_with_the_server(world)
             process.wait(timeout=10)
 
 
-@pytest.mark.parametrize("workers", ["0", "65", "two"])
-def test_bad_worker_counts_are_refused(world, workers):
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--workers", "0"),
+        ("--workers", "65"),
+        ("--workers", "two"),
+        ("--max-request-mb", "0"),
+        ("--max-request-mb", "4096"),
+    ],
+)
+def test_bad_worker_counts_and_request_limits_are_refused(world, flag, value):
     done = subprocess.run(
-        [*SERVE, "serve", "--workers", workers, "--port", str(free_port()), "--grpc-port", str(free_port())],
+        [*SERVE, "serve", flag, value, "--port", str(free_port()), "--grpc-port", str(free_port())],
         capture_output=True,
         text=True,
         env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
@@ -435,4 +511,4 @@ def test_bad_worker_counts_are_refused(world, workers):
         timeout=120,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "--workers" in done.stderr
+    assert flag in done.stderr

@@ -36,6 +36,12 @@ def add_serving_parser(subparsers) -> None:
         default=1,
         help="HTTP processes sharing the port, one per free core (default: 1; gRPC is served by the first)",
     )
+    serve.add_argument(
+        "--max-request-mb",
+        type=int,
+        default=8,
+        help="largest request body, HTTP and gRPC, in MiB (default: 8, kserve's gRPC limit)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -81,6 +87,7 @@ def cmd_serve(args) -> int:
             grpc_port=args.grpc_port,
             host=args.host,
             workers=args.workers,
+            max_request_mb=args.max_request_mb,
             ready=lambda line: print(line, flush=True),
         )
         return 0

@@ -34,6 +34,8 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_POLL_S = 2.0
 RETRY_REFUSED_S = 10.0
 MAX_WORKERS = 64
+DEFAULT_MAX_REQUEST_MB = 8  # kserve's own gRPC message limit
+MAX_REQUEST_MB = 2047  # gRPC counts message sizes in a signed 32-bit int
 
 
 def _import_kserve():
@@ -43,13 +45,12 @@ def _import_kserve():
     try:
         import kserve.model_server  # noqa: F401
         from kserve.model_repository import ModelRepository
-        from kserve.protocol.dataplane import DataPlane
         from kserve.protocol.grpc.server import GRPCServer
         from kserve.protocol.model_repository_extension import ModelRepositoryExtension
         from kserve.protocol.rest.server import RESTServer
     finally:
         sys.argv = saved
-    return ModelRepository, DataPlane, GRPCServer, ModelRepositoryExtension, RESTServer
+    return ModelRepository, GRPCServer, ModelRepositoryExtension, RESTServer
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
@@ -170,6 +171,7 @@ def serve(
     grpc_port: int = DEFAULT_GRPC_PORT,
     host: str = "127.0.0.1",
     workers: int = 1,
+    max_request_mb: int = DEFAULT_MAX_REQUEST_MB,
     poll_s: float | None = None,
     settings: Settings | None = None,
     source=None,
@@ -179,7 +181,8 @@ def serve(
 
     With `workers` > 1 the HTTP port is shared by that many processes (forked before any of them
     opens the registry), each with its own copy of the models and its own reloader, as uvicorn's
-    and kserve's workers share one socket; gRPC is served by the first. Raises Conflict for a port
+    and kserve's workers share one socket; gRPC is served by the first. A request larger than
+    `max_request_mb` MiB is refused (HTTP 413, gRPC RESOURCE_EXHAUSTED). Raises Conflict for a port
     in use, NotFound when `model` has no production version that can be served, before anything
     listens.
     """
@@ -188,6 +191,8 @@ def serve(
         raise InvalidInput("The HTTP and gRPC ports must differ.")
     if not 1 <= workers <= MAX_WORKERS:
         raise InvalidInput(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}.")
+    if not 1 <= max_request_mb <= MAX_REQUEST_MB:
+        raise InvalidInput(f"--max-request-mb must be between 1 and {MAX_REQUEST_MB}, not {max_request_mb}.")
     check_port_free(host, port, "HTTP")
     check_port_free(host, grpc_port, "gRPC")
     endpoint = _Endpoint(
@@ -199,6 +204,7 @@ def serve(
         port,
         grpc_port,
         _listening_socket(host, port) if workers > 1 else None,
+        max_request_mb << 20,
     )
     parent, children = os.getpid(), []
     for _ in range(workers - 1):
@@ -222,6 +228,7 @@ class _Endpoint:
     port: int
     grpc_port: int
     shared_socket: socket.socket | None
+    max_request_bytes: int
 
 
 def _serve_worker(endpoint: _Endpoint, parent: int) -> None:
@@ -258,7 +265,9 @@ def _serve_process(
 
         source = RegistrySource(Registry.from_settings(settings))
     poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))
-    ModelRepository, DataPlane, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
+    ModelRepository, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
+    from issueops.serving import endpoints
+
     _quiet_kserve()
     repository = ModelRepository()
     reloader = Reloader(
@@ -282,9 +291,11 @@ def _serve_process(
                 if refusal
                 else NotFound(f"{model} has no production version to serve.")
             )
-        dataplane = _VersionedDataPlane(repository)
+        dataplane = endpoints.VersionedDataPlane(repository)
         extension = ModelRepositoryExtension(model_registry=repository)
-        rest = _rest_server(RESTServer)("kserve.model_server:app", dataplane, extension, port, grace_period=2)
+        rest = endpoints.rest_server(RESTServer, endpoint.max_request_bytes)(
+            "kserve.model_server:app", dataplane, extension, port, grace_period=2
+        )
         rest.config.host = host
         rest.config.access_log = False
         stop = asyncio.Event()
@@ -294,8 +305,13 @@ def _serve_process(
         tasks = [asyncio.create_task(rest.start([shared_socket] if shared_socket else None))]
         grpc = None
         if not worker_of:
-            grpc = _grpc_server(GRPCServer)(
-                host, grpc_port, dataplane, extension, kwargs=_grpc_options(), grace_period=2
+            grpc = endpoints.grpc_server(GRPCServer)(
+                host,
+                grpc_port,
+                dataplane,
+                extension,
+                kwargs=endpoints.grpc_options(endpoint.max_request_bytes),
+                grace_period=2,
             )
             tasks.append(asyncio.create_task(grpc.start(4)))
         background = [asyncio.create_task(reloader.run())]
@@ -393,145 +409,6 @@ def _accepts(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.2)
         return probe.connect_ex((host, port)) == 0
-
-
-def _grpc_options() -> dict:
-    from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
-
-    return {
-        "grpc_max_send_message_length": MAX_GRPC_MESSAGE_LENGTH,
-        "grpc_max_receive_message_length": MAX_GRPC_MESSAGE_LENGTH,
-    }
-
-
-def _rest_server(base):
-    """kserve's RESTServer without the timing middleware unless kserve's trace logger writes.
-
-    That middleware names each request by matching it against every route a second time and
-    formats a trace line whether or not the logger is on: about a fifth of a request's cost here.
-    """
-
-    class FastRESTServer(base):
-        async def start(self, sockets=None):
-            self.create_application()
-            await self._server.serve(sockets=sockets)
-
-        def _add_middlewares(self, app):
-            from kserve.logging import trace_logger
-
-            if trace_logger.isEnabledFor(logging.INFO):
-                super()._add_middlewares(app)
-
-    return FastRESTServer
-
-
-def _grpc_server(base):
-    """kserve's GRPCServer listening on the given host (it binds every interface otherwise)."""
-
-    class HostGRPCServer(base):
-        def __init__(self, host: str, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._host = host
-
-        async def start(self, max_workers):
-            from concurrent import futures
-
-            from grpc import aio
-            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-            from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-            from kserve.protocol.grpc.servicer import InferenceServicer
-
-            self._server = aio.server(
-                futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(ExceptionToStatusInterceptor(),),
-                options=[(f"grpc.{k[len('grpc_') :]}", v) for k, v in self._kwargs.items()],
-            )
-            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
-            )
-            self._server.add_insecure_port(f"{self._host}:{self._port}")
-            await self._server.start()
-            await self._server.wait_for_termination()
-
-    return HostGRPCServer
-
-
-class _VersionedDataPlane:
-    """kserve's DataPlane with the served version and platform in the model metadata."""
-
-    def __new__(cls, repository):
-        from kserve.protocol.dataplane import DataPlane
-
-        class VersionedDataPlane(DataPlane):
-            def decode_inference_request(self, body, headers, model_name):
-                if isinstance(body, bytes):
-                    request = _binary_tensor_request(body, headers, model_name)
-                    if request is not None:
-                        return request
-                return super().decode_inference_request(body, headers, model_name)
-
-            async def model_metadata(self, model_name: str) -> dict:
-                metadata = await super().model_metadata(model_name)
-                current = getattr(self.get_model_from_registry(model_name), "current", None)
-                if current is not None:
-                    metadata["versions"] = [str(current.version)]
-                    metadata["platform"] = "onnxruntime_onnx"
-                return metadata
-
-        return VersionedDataPlane(model_registry=repository)
-
-
-def _binary_tensor_request(body: bytes, headers: dict, model_name: str):
-    """kserve's InferRequest.from_bytes for a request whose inputs are all numeric binary tensors,
-    without the copy of every value into a Python list that from_bytes makes (as_numpy turns it
-    back into an array): the tensor keeps its bytes, read with numpy.frombuffer. 114 rows of 30
-    features cost 3,420 float objects per request that way. None: let kserve decode it.
-    """
-    import orjson
-    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-    from kserve.errors import InvalidInput as KServeInvalidInput
-    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
-
-    from issueops.serving.model import NUMPY_DTYPES
-
-    try:
-        json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, ""))
-        header = orjson.loads(body[:json_length])
-        inputs = header["inputs"]
-        sizes = [i["parameters"]["binary_data_size"] for i in inputs]
-        simple = all(
-            i.get("data") is None
-            and i["datatype"] in NUMPY_DTYPES
-            and type(n) is int
-            and n >= 0
-            and isinstance(i["shape"], list)
-            and all(type(d) is int for d in i["shape"])
-            for i, n in zip(inputs, sizes, strict=True)
-        )
-        outputs = header.get("outputs")
-        requested = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in outputs or ()]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None  # kserve explains what is wrong with it
-    if not simple:
-        return None
-    if json_length + sum(sizes) != len(body):
-        raise KServeInvalidInput(
-            f"The request body holds {len(body) - json_length} bytes of tensor data; its header "
-            f"announces {sum(sizes)}."
-        )
-    tensors, start = [], json_length
-    for spec, size in zip(inputs, sizes, strict=True):
-        tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec["parameters"])
-        tensor._raw_data = body[start : start + size]  # as kserve's from_bytes sets it
-        tensors.append(tensor)
-        start += size
-    return InferRequest(
-        model_name=model_name,
-        request_id=header.get("id"),
-        parameters=header.get("parameters"),
-        infer_inputs=tensors,
-        request_outputs=requested or None,
-    )
 
 
 class _ClientErrors(logging.Filter):

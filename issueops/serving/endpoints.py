@@ -1,0 +1,237 @@
+"""kserve's REST and gRPC servers as `issueops serve` runs them.
+
+What differs from kserve's own: V2 infer requests with binary tensors go straight to kserve's
+dataplane (FastAPI's middleware, route matching and dependency solving cost more than the
+inference itself; every other request, and any the fast path does not take, still goes through
+kserve's FastAPI app), binary tensors keep their bytes, request bodies have a size limit on both
+protocols, the model metadata names the served version, and gRPC listens on the given host.
+
+kserve.model_server parses sys.argv when imported: call these after server._import_kserve().
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import orjson
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+INFERENCE_HEADER = "inference-header-content-length"  # kserve's INFERENCE_CONTENT_LENGTH_HEADER
+MEBIBYTE = 1 << 20
+
+
+def grpc_options(max_request_bytes: int) -> dict:
+    return {
+        "grpc_max_send_message_length": max_request_bytes,
+        "grpc_max_receive_message_length": max_request_bytes,
+    }
+
+
+def rest_server(base, max_request_bytes: int):
+    """kserve's RESTServer serving InferRoute over its FastAPI app, without the timing middleware
+    unless kserve's trace logger writes.
+
+    That middleware names each request by matching it against every route a second time and
+    formats a trace line whether or not the logger is on: about a fifth of a request's cost here.
+    """
+
+    class FastRESTServer(base):
+        async def start(self, sockets=None):
+            from kserve.model_server import app
+
+            self.create_application()  # kserve's routes and handlers, on its module-level app
+            self.config.app = InferRoute(app, self.dataplane, max_request_bytes)
+            await self._server.serve(sockets=sockets)
+
+        def _add_middlewares(self, app):
+            from kserve.logging import trace_logger
+
+            if trace_logger.isEnabledFor(logging.INFO):
+                super()._add_middlewares(app)
+
+    return FastRESTServer
+
+
+class InferRoute:
+    """`POST /v2/models/{name}/infer` with binary tensors, as kserve's V2Endpoints.infer does it,
+    without FastAPI in between: halves the server's CPU per request. Errors are answered by the
+    app's own exception handlers (kserve's), so they read as they do on every other route.
+
+    Bodies larger than `max_request_bytes` are refused: with a sentence when their length is
+    announced, by Starlette's body limit (in front of kserve's app) when they come in chunks."""
+
+    PATH = re.compile(r"/v2/models/([^/]+)/infer")
+
+    def __init__(self, app, dataplane, max_request_bytes: int):
+        self.app, self.dataplane, self.max_request_bytes = app, dataplane, max_request_bytes
+        self.forward = RequestBodyLimitMiddleware(app, max_request_bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.forward(scope, receive, send)
+        request = Request(scope, receive)
+        length = request.headers.get("content-length")
+        too_large = self._too_large(length)
+        if too_large is not None:
+            return await too_large(scope, receive, send)
+        match = self.PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+        if match is None or length is None or INFERENCE_HEADER not in request.headers:
+            return await self.forward(scope, receive, send)
+        body = await request.body()
+        headers = dict(request.headers)
+        try:
+            infer_request = binary_tensor_request(body, headers, match[1])
+            if infer_request is None:  # not plain binary tensors: kserve's route decodes it
+                return await self.forward(scope, _replay(body), send)
+            reply = await self._infer(match[1], infer_request, headers)
+        except Exception as exc:  # noqa: BLE001 - answered as kserve answers it on its routes
+            reply = await self._error(request, exc)
+        await reply(scope, receive, send)
+
+    def _too_large(self, content_length: str | None) -> Response | None:
+        if content_length is None or not content_length.isdigit():
+            return None
+        size = int(content_length)
+        if size <= self.max_request_bytes:
+            return None
+        message = (
+            f"The request body is {size / MEBIBYTE:.1f} MiB; this endpoint takes at most "
+            f"{self.max_request_bytes / MEBIBYTE:g} MiB (issueops serve --max-request-mb)."
+        )
+        return Response(orjson.dumps({"error": message}), 413, media_type="application/json")
+
+    async def _infer(self, name: str, infer_request, headers: dict) -> Response:
+        from kserve.errors import ModelNotReady
+        from kserve.protocol.rest.v2_datamodels import InferenceResponse
+
+        if not await self.dataplane.model_ready(name, True):
+            raise ModelNotReady(name)
+        response, response_headers = await self.dataplane.infer(name, infer_request, headers)
+        response, encoded_headers = self.dataplane.encode(name, response, headers, req_attributes={})
+        response_headers = {**response_headers, **encoded_headers}
+        for header in ("content-length", "content-type"):  # as kserve's route drops them
+            response_headers.pop(header, None)
+        if isinstance(response, bytes):  # binary outputs: the JSON header, then the tensors
+            return Response(response, headers=response_headers)
+        body = InferenceResponse.model_validate(response).model_dump_json()  # the body kserve's route sends
+        return Response(body, headers=response_headers, media_type="application/json")
+
+    async def _error(self, request: Request, exc: Exception) -> Response:
+        for kind in type(exc).__mro__:
+            handler = self.app.exception_handlers.get(kind)
+            if handler is not None:
+                return await handler(request, exc)
+        raise exc
+
+
+def _replay(body: bytes):
+    """An ASGI receive that hands the already-read body to the app once more."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+def grpc_server(base):
+    """kserve's GRPCServer listening on the given host (it binds every interface otherwise)."""
+
+    class HostGRPCServer(base):
+        def __init__(self, host: str, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._host = host
+
+        async def start(self, max_workers):
+            from concurrent import futures
+
+            from grpc import aio
+            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+            from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+            from kserve.protocol.grpc.servicer import InferenceServicer
+
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(ExceptionToStatusInterceptor(),),
+                options=[(f"grpc.{k[len('grpc_') :]}", v) for k, v in self._kwargs.items()],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            )
+            self._server.add_insecure_port(f"{self._host}:{self._port}")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return HostGRPCServer
+
+
+class VersionedDataPlane:
+    """kserve's DataPlane with the served version and platform in the model metadata."""
+
+    def __new__(cls, repository):
+        from kserve.protocol.dataplane import DataPlane
+
+        class KServeDataPlane(DataPlane):
+            async def model_metadata(self, model_name: str) -> dict:
+                metadata = await super().model_metadata(model_name)
+                current = getattr(self.get_model_from_registry(model_name), "current", None)
+                if current is not None:
+                    metadata["versions"] = [str(current.version)]
+                    metadata["platform"] = "onnxruntime_onnx"
+                return metadata
+
+        return KServeDataPlane(model_registry=repository)
+
+
+def binary_tensor_request(body: bytes, headers: dict, model_name: str):
+    """kserve's InferRequest.from_bytes for a request whose inputs are all numeric binary tensors,
+    without the copy of every value into a Python list that from_bytes makes (as_numpy turns it
+    back into an array): the tensor keeps its bytes, read with numpy.frombuffer. 114 rows of 30
+    features cost 3,420 float objects per request that way. None: let kserve decode it.
+    """
+    from kserve.errors import InvalidInput as KServeInvalidInput
+    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+    from issueops.serving.model import NUMPY_DTYPES
+
+    try:
+        json_length = int(headers.get(INFERENCE_HEADER, ""))
+        header = orjson.loads(body[:json_length])
+        inputs = header["inputs"]
+        sizes = [i["parameters"]["binary_data_size"] for i in inputs]
+        simple = all(
+            i.get("data") is None
+            and i["datatype"] in NUMPY_DTYPES
+            and type(n) is int
+            and n >= 0
+            and isinstance(i["shape"], list)
+            and all(type(d) is int for d in i["shape"])
+            for i, n in zip(inputs, sizes, strict=True)
+        )
+        outputs = header.get("outputs")
+        requested = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in outputs or ()]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # kserve explains what is wrong with it
+    if not simple:
+        return None
+    if json_length + sum(sizes) != len(body):
+        raise KServeInvalidInput(
+            f"The request body holds {len(body) - json_length} bytes of tensor data; its header "
+            f"announces {sum(sizes)}."
+        )
+    tensors, start = [], json_length
+    for spec, size in zip(inputs, sizes, strict=True):
+        tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec["parameters"])
+        tensor._raw_data = body[start : start + size]  # as kserve's from_bytes sets it
+        tensors.append(tensor)
+        start += size
+    return InferRequest(
+        model_name=model_name,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        infer_inputs=tensors,
+        request_outputs=requested or None,
+    )
