@@ -191,6 +191,17 @@ def test_auto_approve_moves_production_and_archives_previous(registry, model, tm
     assert registry.show(model).versions[0].aliases == [PRODUCTION]
 
 
+def test_production_versions_follow_approvals_and_rollbacks(registry, model, tmp_path):
+    assert model not in registry.production_versions()
+    register(registry, model, tmp_path)
+    register(registry, model, tmp_path, approve=False, issue=2)
+    assert registry.production_versions()[model] == 1  # a pending version is not production
+    registry.approve(model, "2", "alice")
+    assert registry.production_versions()[model] == 2
+    registry.rollback_production(model, reason="worse", actor="bob")
+    assert registry.production_versions()[model] == 1
+
+
 def test_manual_approval_waits_and_approve_promotes(registry, model, tmp_path):
     register(registry, model, tmp_path)
     _, pending = register(registry, model, tmp_path, approve=False, issue=2)

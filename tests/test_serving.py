@@ -512,3 +512,17 @@ def test_bad_worker_counts_and_request_limits_are_refused(world, flag, value):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert flag in done.stderr
+
+
+@pytest.mark.parametrize("model", ["no-such-model", "bad name; rm -rf /"])
+def test_serving_a_model_without_production_is_refused(world, model):
+    done = subprocess.run(
+        [*SERVE, "serve", "--model", model, "--port", str(free_port()), "--grpc-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"])},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{model} has no production version to serve." in done.stderr

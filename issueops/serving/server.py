@@ -77,13 +77,8 @@ class RegistrySource:
         self.registry = registry
 
     def production(self, names: list[str] | None) -> dict[str, int | None]:
-        if names is None:
-            return {m.name: m.production for m in self.registry.list_models() if m.production is not None}
-        found = {}
-        for name in names:
-            info = self.registry.production(name)
-            found[name] = info.version if info else None
-        return found
+        versions = self.registry.production_versions()
+        return versions if names is None else {name: versions.get(name) for name in names}
 
 
 @dataclass
