@@ -322,6 +322,64 @@ def test_binary_requests_answer_as_kserves_own_route(world, server):
     assert np.array_equal(binary.as_numpy("probabilities"), expected) and binary.as_numpy("label") is None
 
 
+def post_json(server, model: str, body: bytes, content_type: str | None = None):
+    """A V2 request that is all JSON, without Inference-Header-Content-Length (as tritonclient
+    sends JSON tensors: no content type either)."""
+    import http.client
+
+    host, port = server["http"].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(
+        "POST",
+        f"/v2/models/{model}/infer",
+        body=body,
+        headers={"Content-Type": content_type} if content_type else {},
+    )
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_all_json_requests_answer_whatever_their_content_type(world, server):
+    """JSON tensors without the binary header answer like binary ones (tritonclient's
+    binary_data=False, curl with or without application/json); a body that is not a V2 request
+    is a 400 that names the first problem."""
+    import tritonclient.http as httpclient
+
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:3]
+    expected = http_infer(server["http"], RF, rows, "FP64")
+    client = httpclient.InferenceServerClient(server["http"])
+    tensor = httpclient.InferInput("input", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows, binary_data=False)
+    answer = client.infer(RF, [tensor])
+    assert np.array_equal(answer.as_numpy("label"), expected.as_numpy("label"))
+    assert np.abs(answer.as_numpy("probabilities") - expected.as_numpy("probabilities")).max() < 1e-12
+
+    request = json.dumps(
+        {"inputs": [{"name": "input", "shape": [3, 30], "datatype": "FP64", "data": rows.ravel().tolist()}]}
+    )
+    for content_type in (None, "application/json", "text/plain"):
+        status, body = post_json(server, RF, request.encode(), content_type)
+        assert status == 200, body
+        labels = [o for o in json.loads(body)["outputs"] if o["name"] == "label"][0]["data"]
+        assert labels == expected.as_numpy("label").tolist()
+
+    refusals = [
+        (b"{not json", "not a V2 inference request: Invalid JSON"),
+        (b"{}", "not a V2 inference request: inputs: Field required"),
+        (b'{"inputs": "rows"}', "not a V2 inference request: inputs: "),
+        (b'{"inputs": [{"name": "input", "shape": [3, 30], "datatype": "FP64", "data": [1.0]}]}', "input"),
+        ("[" * 100_000 + "]" * 100_000).encode(),
+    ]
+    for case in refusals:
+        body, reason = case if isinstance(case, tuple) else (case, "not a V2 inference request")
+        status, answer = post_json(server, RF, body)
+        assert status == 400 and reason in json.loads(answer)["error"], answer
+        assert b"Traceback" not in answer
+    status, answer = post_json(server, "no-such-model", b"{not json")
+    assert status == 404 and b"no-such-model" in answer
+    assert http_infer(server["http"], RF, rows, "FP64").as_numpy("label").shape == (3,)
+
+
 def test_oversized_requests_are_refused_before_they_are_read(world, server):
     """Above --max-request-mb (default 8 MiB): HTTP 413 with a sentence, whether the length is
     announced or the body is chunked, and gRPC RESOURCE_EXHAUSTED; the server keeps answering."""

@@ -56,8 +56,9 @@ def rest_server(base, max_request_bytes: int):
 
 
 class InferRoute:
-    """`POST /v2/models/{name}/infer` with binary tensors, as kserve's V2Endpoints.infer does it,
-    without FastAPI in between: halves the server's CPU per request. Errors are answered by the
+    """`POST /v2/models/{name}/infer` as kserve's V2Endpoints.infer does it, without FastAPI in
+    between: halves the server's CPU per request. Requests with binary tensors that are not plain
+    numbers go to kserve's route; all-JSON requests are read here. Errors are answered by the
     app's own exception handlers (kserve's), so they read as they do on every other route.
 
     Bodies larger than `max_request_bytes` are refused: with a sentence when their length is
@@ -78,14 +79,18 @@ class InferRoute:
         if too_large is not None:
             return await too_large(scope, receive, send)
         match = self.PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
-        if match is None or length is None or INFERENCE_HEADER not in request.headers:
+        if match is None or length is None:
             return await self.forward(scope, receive, send)
         body = await request.body()
         headers = dict(request.headers)
         try:
-            infer_request = binary_tensor_request(body, headers, match[1])
-            if infer_request is None:  # not plain binary tensors: kserve's route decodes it
-                return await self.forward(scope, _replay(body), send)
+            await self._ready(match[1])  # an unknown model is a 404 whatever the body holds, as in kserve
+            if INFERENCE_HEADER in headers:
+                infer_request = binary_tensor_request(body, headers, match[1])
+                if infer_request is None:  # not plain binary tensors: kserve's route decodes it
+                    return await self.forward(scope, _replay(body), send)
+            else:
+                infer_request = json_request(body, match[1])
             reply = await self._infer(match[1], infer_request, headers)
         except Exception as exc:  # noqa: BLE001 - answered as kserve answers it on its routes
             reply = await self._error(request, exc)
@@ -103,12 +108,15 @@ class InferRoute:
         )
         return Response(orjson.dumps({"error": message}), 413, media_type="application/json")
 
-    async def _infer(self, name: str, infer_request, headers: dict) -> Response:
+    async def _ready(self, name: str) -> None:
         from kserve.errors import ModelNotReady
-        from kserve.protocol.rest.v2_datamodels import InferenceResponse
 
         if not await self.dataplane.model_ready(name, True):
             raise ModelNotReady(name)
+
+    async def _infer(self, name: str, infer_request, headers: dict) -> Response:
+        from kserve.protocol.rest.v2_datamodels import InferenceResponse
+
         response, response_headers = await self.dataplane.infer(name, infer_request, headers)
         response, encoded_headers = self.dataplane.encode(name, response, headers, req_attributes={})
         response_headers = {**response_headers, **encoded_headers}
@@ -184,6 +192,29 @@ class VersionedDataPlane:
                 return metadata
 
         return KServeDataPlane(model_registry=repository)
+
+
+def json_request(body: bytes, model_name: str):
+    """The InferRequest of a body that is all JSON (no Inference-Header-Content-Length), whatever
+    its content type. kserve's route reads a body as JSON only when it comes as application/json,
+    and tritonclient's JSON requests carry no content type; the V2 binary extension says a body
+    without that header is JSON. Raises kserve's InvalidInput (400) with the first problem."""
+    from kserve.errors import InvalidInput as KServeInvalidInput
+    from kserve.protocol.infer_type import InferRequest
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from pydantic import ValidationError
+
+    try:
+        request = InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = exc.errors(include_url=False, include_input=False)
+        where = ".".join(str(part) for part in problems[0]["loc"])
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise KServeInvalidInput(
+            f"The request body is not a V2 inference request: {where + ': ' if where else ''}"
+            f"{problems[0]['msg']}{more}."
+        ) from None
+    return InferRequest.from_inference_request(request, model_name)
 
 
 def binary_tensor_request(body: bytes, headers: dict, model_name: str):
