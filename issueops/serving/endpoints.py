@@ -1,10 +1,11 @@
 """kserve's REST and gRPC servers as `issueops serve` runs them.
 
-What differs from kserve's own: V2 infer requests with binary tensors go straight to kserve's
-dataplane (FastAPI's middleware, route matching and dependency solving cost more than the
-inference itself; every other request, and any the fast path does not take, still goes through
-kserve's FastAPI app), binary tensors keep their bytes, request bodies have a size limit on both
-protocols, the model metadata names the served version, and gRPC listens on the given host.
+What differs from kserve's own: V2 infer requests go straight to kserve's dataplane (FastAPI's
+middleware, route matching and dependency solving cost more than the inference itself; every
+other request, and any the fast path does not take, still goes through kserve's FastAPI app),
+binary tensors keep their bytes, all-JSON bodies are read whatever their content type, request
+bodies have a size limit on both protocols, the model metadata names the served version, and
+gRPC listens on the given host.
 
 kserve.model_server parses sys.argv when imported: call these after server._import_kserve().
 """
