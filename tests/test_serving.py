@@ -245,24 +245,30 @@ def test_bad_requests_are_refused_with_a_reason(world, server, protocol):
     assert str(unknown.value.status()) in ("404", "StatusCode.NOT_FOUND")
 
 
-def post_v2(server, model: str, header: dict | bytes, tensor: bytes = b"", json_length: int | None = None):
-    """A raw V2 request with the binary tensor extension, as tritonclient frames it."""
+def post(server, path: str, body, headers: dict | None = None, **request) -> tuple[int, bytes]:
+    """One raw HTTP POST to the endpoint: (status, body)."""
     import http.client
 
-    head = header if isinstance(header, bytes) else json.dumps(header).encode()
     host, port = server["http"].split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    connection.request(
-        "POST",
+    try:
+        connection.request("POST", path, body=body, headers=headers or {}, **request)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def post_v2(server, model: str, header: dict | bytes, tensor: bytes = b"", json_length: int | None = None):
+    """A raw V2 request with the binary tensor extension, as tritonclient frames it."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    length = len(head) if json_length is None else json_length
+    return post(
+        server,
         f"/v2/models/{model}/infer",
-        body=head + tensor,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(len(head) if json_length is None else json_length),
-        },
+        head + tensor,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(length)},
     )
-    response = connection.getresponse()
-    return response.status, response.read()
 
 
 def test_hand_framed_binary_and_json_requests(world, server):
@@ -325,18 +331,9 @@ def test_binary_requests_answer_as_kserves_own_route(world, server):
 def post_json(server, model: str, body: bytes, content_type: str | None = None):
     """A V2 request that is all JSON, without Inference-Header-Content-Length (as tritonclient
     sends JSON tensors: no content type either)."""
-    import http.client
-
-    host, port = server["http"].split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    connection.request(
-        "POST",
-        f"/v2/models/{model}/infer",
-        body=body,
-        headers={"Content-Type": content_type} if content_type else {},
+    return post(
+        server, f"/v2/models/{model}/infer", body, {"Content-Type": content_type} if content_type else {}
     )
-    response = connection.getresponse()
-    return response.status, response.read()
 
 
 def test_all_json_requests_answer_whatever_their_content_type(world, server):
@@ -383,30 +380,21 @@ def test_all_json_requests_answer_whatever_their_content_type(world, server):
 def test_oversized_requests_are_refused_before_they_are_read(world, server):
     """Above --max-request-mb (default 8 MiB): HTTP 413 with a sentence, whether the length is
     announced or the body is chunked, and gRPC RESOURCE_EXHAUSTED; the server keeps answering."""
-    import http.client
-
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
-    host, port = server["http"].split(":")
     huge = b"0" * (9 << 20)
     header = json.dumps({"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP64"}]}).encode()
     for path in (f"/v2/models/{RF}/infer", "/v2/models/no-such-model/versions/1/infer"):
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        connection.request(
-            "POST", path, body=header + huge, headers={"Inference-Header-Content-Length": str(len(header))}
+        status, body = post(
+            server, path, header + huge, {"Inference-Header-Content-Length": str(len(header))}
         )
-        response = connection.getresponse()
-        assert response.status == 413
-        assert "takes at most 8 MiB (issueops serve --max-request-mb)" in json.loads(response.read())["error"]
-        connection.close()
+        assert status == 413
+        assert "takes at most 8 MiB (issueops serve --max-request-mb)" in json.loads(body)["error"]
 
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
     chunks = (huge[i : i + (1 << 20)] for i in range(0, len(huge), 1 << 20))
-    connection.request("POST", f"/v2/models/{RF}/infer", body=chunks, encode_chunked=True)
-    assert connection.getresponse().status == 413
-    connection.close()
+    assert post(server, f"/v2/models/{RF}/infer", chunks, encode_chunked=True)[0] == 413
 
     client = grpcclient.InferenceServerClient(server["grpc"])
     tensor = grpcclient.InferInput("input", [40000, 30], "FP64")
