@@ -88,13 +88,13 @@ class InferRoute:
             await self._ready(match[1])  # an unknown model is a 404 whatever the body holds, as in kserve
             if INFERENCE_HEADER in headers:
                 infer_request = binary_tensor_request(body, headers, match[1])
-                if infer_request is None:  # not plain binary tensors: kserve's route decodes it
-                    return await self.forward(scope, _replay(body), send)
             else:
                 infer_request = json_request(body, match[1])
-            reply = await self._infer(match[1], infer_request, headers)
+            reply = None if infer_request is None else await self._infer(match[1], infer_request, headers)
         except Exception as exc:  # noqa: BLE001 - answered as kserve answers it on its routes
             reply = await self._error(request, exc)
+        if reply is None:  # not plain binary tensors: kserve's route decodes it (outside the try:
+            return await self.forward(scope, _replay(body), send)  # it answers its own errors)
         await reply(scope, receive, send)
 
     def _too_large(self, content_length: str | None) -> Response | None:
