@@ -19,17 +19,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from issueops.errors import (
-    ExternalServiceError,
-    InvalidInput,
-    NotFound,
-    Unauthorized,
-    Unavailable,
-)
+from issueops import custom_resources
+from issueops.custom_resources import CustomResource
+from issueops.errors import InvalidInput
 from issueops.store import ObjectStore
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
-FIELD_MANAGER = "issueops"
 RUNTIME = "issueops-triton"  # manifests/kserve/servingruntime-triton.yaml
 SERVICE_ACCOUNT = "issueops-serving"  # manifests/kserve/serviceaccount.yaml (S3 credentials)
 DEFAULT_NAMESPACE = "issueops"
@@ -138,93 +133,19 @@ def inference_service(
     }
 
 
+INFERENCE_SERVICES = CustomResource(GROUP, VERSION, PLURAL, KIND, "KServe")
+
+
 def api_client():
-    """A kubernetes ApiClient from the pod's service account, else from KUBECONFIG."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, FileNotFoundError, TypeError):
-            raise Unavailable(
-                "No Kubernetes configuration: run in a cluster or set KUBECONFIG (ISSUEOPS_SERVING=kserve)."
-            ) from None
-    return client.ApiClient()
-
-
-def _call(api, method: str, namespace: str, name: str, **kwargs) -> dict[str, Any] | None:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
-    try:
-        return api.call_api(
-            path,
-            method,
-            response_type="object",
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            **kwargs,
-        )
-    except ApiException as exc:
-        if exc.status == 404 and method == "GET":
-            return None
-        detail = _reason(exc)
-        if exc.status in (401, 403):
-            raise Unauthorized(
-                f"Kubernetes refused to {method} {KIND} {namespace}/{name}: {detail}"
-            ) from None
-        if exc.status == 404:
-            raise NotFound(
-                f"The cluster has no {KIND} API ({GROUP}/{VERSION}): is KServe installed?"
-            ) from None
-        if exc.status in (400, 422):
-            raise InvalidInput(f"Kubernetes rejected {KIND} {namespace}/{name}: {detail}") from None
-        raise ExternalServiceError(
-            f"Kubernetes API error {exc.status} on {KIND} {namespace}/{name}: {detail}",
-            transient=exc.status >= 500 or exc.status == 429,
-            status=exc.status,
-        ) from None
-    except HTTPError as exc:
-        raise ExternalServiceError(
-            f"The Kubernetes API is unreachable: {type(exc).__name__}", transient=True
-        ) from None
-
-
-def _reason(exc) -> str:
-    import json
-
-    try:
-        return json.loads(exc.body).get("message", "")[:300]
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)[:300]
+    return custom_resources.api_client("ISSUEOPS_SERVING=kserve")
 
 
 def apply(manifest: dict[str, Any], *, api=None) -> dict[str, Any]:
-    """Server-side apply (PATCH, application/apply-patch+yaml, fieldManager=issueops, force)."""
-    api = api or api_client()
-    meta = manifest["metadata"]
-    return _call(
-        api,
-        "PATCH",
-        meta["namespace"],
-        meta["name"],
-        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        body=manifest,
-    )
+    return INFERENCE_SERVICES.apply(manifest, api=api or api_client())
 
 
 def get(model: str, namespace: str = DEFAULT_NAMESPACE, *, api=None) -> dict[str, Any] | None:
-    return _call(
-        api or api_client(),
-        "GET",
-        namespace,
-        service_name(model),
-        header_params={"Accept": "application/json"},
-    )
+    return INFERENCE_SERVICES.get(namespace, service_name(model), api=api or api_client())
 
 
 @dataclass
