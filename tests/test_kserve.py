@@ -18,9 +18,7 @@ import copy
 import importlib.util
 import json
 import re
-import threading
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,7 @@ from issueops.kserve import (
     service_name,
 )
 from tests.conftest import REPO
+from tests.kube_double import ApiServerDouble
 
 KSERVE_DIR = REPO / "manifests" / "kserve"
 URI = "s3://issueops/triton/breast-cancer-random-forest/{v}/{t}"
@@ -218,100 +217,13 @@ def test_kserve_manifests_validate():
     )
 
 
-class ApiServerDouble:
-    """The slice of the Kubernetes API the deploy step uses, on loopback."""
+def KServeDouble(**options) -> ApiServerDouble:
+    """InferenceServices only; KServe's controller answers each with the service's URL."""
 
-    PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices/([^/?]+)")
+    def ready(key, service):
+        service["status"] = {"url": f"http://{key[1]}.{key[0]}.example.com"}
 
-    def __init__(self, *, status: int | None = None):
-        self.objects: dict[tuple[str, str], dict] = {}
-        self.requests: list[dict] = []
-        self.forced_status = status
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, code: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def status(self, code: int, reason: str, message: str):
-                self.reply(
-                    code,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "message": message,
-                        "reason": reason,
-                        "code": code,
-                    },
-                )
-
-            def do_GET(self):
-                match = double.PATH.match(self.path)
-                double.requests.append({"method": "GET", "path": self.path})
-                if not match or (match[1], match[2]) not in double.objects:
-                    return self.status(404, "NotFound", "inferenceservices not found")
-                return self.reply(200, double.objects[(match[1], match[2])])
-
-            def do_PATCH(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                query = dict(p.split("=", 1) for p in self.path.partition("?")[2].split("&") if "=" in p)
-                double.requests.append(
-                    {
-                        "method": "PATCH",
-                        "path": self.path,
-                        "query": query,
-                        "content_type": self.headers["Content-Type"],
-                    }
-                )
-                if double.forced_status:
-                    return self.status(double.forced_status, "Forbidden", "denied by the double")
-                match = double.PATH.match(self.path)
-                if not match:
-                    return self.status(404, "NotFound", "the server could not find the requested resource")
-                if self.headers["Content-Type"] != "application/apply-patch+yaml":
-                    return self.status(415, "UnsupportedMediaType", "not an apply patch")
-                if not query.get("fieldManager"):
-                    return self.status(422, "Invalid", "fieldManager is required for apply requests")
-                applied = yaml.safe_load(body)  # apply-patch+yaml: JSON is YAML
-                key = (match[1], match[2])
-                existed = key in double.objects
-                generation = double.objects[key]["metadata"]["generation"] + 1 if existed else 1
-                applied["metadata"].update(
-                    generation=generation,
-                    uid="0f0e",
-                    resourceVersion=str(generation),
-                    managedFields=[{"manager": query["fieldManager"], "operation": "Apply"}],
-                )
-                applied["status"] = {"url": f"http://{key[1]}.{key[0]}.example.com"}
-                double.objects[key] = applied
-                return self.reply(200 if existed else 201, applied)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def client(self):
-        from kubernetes import client
-
-        configuration = client.Configuration()
-        configuration.host = f"http://127.0.0.1:{self.server.server_address[1]}"
-        return client.ApiClient(configuration)
+    return ApiServerDouble({"inferenceservices": "serving.kserve.io/v1beta1"}, on_apply=ready, **options)
 
 
 def packaged(store, model: str, *versions: int) -> None:
@@ -331,7 +243,7 @@ def packaged(store, model: str, *versions: int) -> None:
 
 def test_canary_rollout_promotion_and_revert_by_server_side_apply(store):
     packaged(store, "bc-rf", 1, 2)
-    with ApiServerDouble() as server:
+    with KServeDouble() as server:
         api = server.client()
         first = deploy_version("bc-rf", 1, store=store, approved=False, namespace="ml", api=api)
         assert first.canary_percent is None and first.previous_version is None  # nothing to canary against
@@ -361,7 +273,7 @@ def test_canary_rollout_promotion_and_revert_by_server_side_apply(store):
 def test_gpu_deployment_uses_the_gpu_repository(store, monkeypatch):
     packaged(store, "wine-mlp", 1)
     monkeypatch.setenv("ISSUEOPS_SERVING_DEVICE", "gpu")
-    with ApiServerDouble() as server:
+    with KServeDouble() as server:
         deployment = deploy_version(
             "wine-mlp", 1, store=store, approved=True, namespace="ml", api=server.client()
         )
@@ -372,7 +284,7 @@ def test_gpu_deployment_uses_the_gpu_repository(store, monkeypatch):
 
 def test_api_refusals_become_clear_errors(store, monkeypatch, tmp_path):
     packaged(store, "bc-rf", 1)
-    with ApiServerDouble(status=403) as server, pytest.raises(Unauthorized, match="denied by the double"):
+    with KServeDouble(status=403) as server, pytest.raises(Unauthorized, match="denied by the double"):
         deploy_version("bc-rf", 1, store=store, approved=True, namespace="ml", api=server.client())
     with pytest.raises(NotFound, match="not packaged"):
         deploy_version("bc-rf", 7, store=store, approved=True, namespace="ml", api=object())
