@@ -17,13 +17,15 @@ FIELD_MANAGER = "issueops"
 def api_client(setting: str):
     """A kubernetes ApiClient from the pod's service account, else from KUBECONFIG; `setting` is
     the issueops setting that asked for the cluster, named when there is none."""
+    import os
+
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        try:
-            config.load_kube_config()
+        try:  # KUBECONFIG as it is now: the client reads it once, when first imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except (config.ConfigException, FileNotFoundError, TypeError):
             raise Unavailable(
                 f"No Kubernetes configuration: run in a cluster or set KUBECONFIG ({setting})."

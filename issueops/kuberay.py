@@ -10,16 +10,24 @@ field; a test keeps the two the same.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from issueops import custom_resources
 from issueops.algorithms import resolved_hyperparameters
-from issueops.errors import InvalidInput
+from issueops.custom_resources import CustomResource
+from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
 from issueops.policy import STEP_POLICIES
 from issueops.spec import TrainingSpec
+from issueops.store import ObjectStore
+
+log = logging.getLogger("issueops.kuberay")
 
 RAY_VERSION = "2.60.0"  # the ray[rllib] pinned in pyproject.toml; the image must carry the same
 DEFAULT_IMAGE = "ghcr.io/issueops/issueops-components:0.1.0"
@@ -69,6 +77,7 @@ def rayjob_manifest(
             "ISSUEOPS_RUN_ID": run_id,
             "ISSUEOPS_SPEC_JSON": spec.to_json(),
             "ISSUEOPS_RAY_ADDRESS": "auto",
+            "ISSUEOPS_RL_RUNNER": "local",  # the job trains here, whatever the shared config says
             "RAY_USAGE_STATS_ENABLED": "0",
         }
     }
@@ -215,13 +224,100 @@ def spec_of(manifest: dict[str, Any]) -> TrainingSpec:
     return TrainingSpec(**json.loads(env["ISSUEOPS_SPEC_JSON"]))
 
 
+RAYJOBS = CustomResource("ray.io", "v1", "rayjobs", "RayJob", "KubeRay")
+FINISHED = ("Complete", "Failed")  # status.jobDeploymentStatus once KubeRay is done with the job
+FINISH_GRACE_S = 300  # past activeDeadlineSeconds, for KubeRay to mark the job and tear it down
+POLL_S = 5.0
+
+
+def train_on_rayjob(
+    spec: TrainingSpec,
+    run_id: str,
+    store: ObjectStore,
+    model_dir: Path,
+    *,
+    api=None,
+    namespace: str | None = None,
+    poll_s: float | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Train on the cluster: apply the run's RayJob, wait until KubeRay says it ended, and copy the
+    model it uploaded (models/<run_id>) into `model_dir`. Returns the model's manifest.
+
+    A RayJob of this run left over from an earlier, finished attempt (a retried task) is deleted
+    first, since applying it again would not start it again. A failed job raises the error its
+    steps recorded in the run (the real reason, not just "the job failed"). A job still running
+    after `timeout_s` (default: its activeDeadlineSeconds and 5 minutes) is deleted.
+    """
+    from issueops.runs import RunRecord, utcnow
+    from issueops.training import MANIFEST
+
+    namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", NAMESPACE)
+    api = api or custom_resources.api_client("ISSUEOPS_RL_RUNNER=rayjob")
+    manifest = rayjob_manifest(spec, run_id, namespace=namespace)
+    name = manifest["metadata"]["name"]
+    where = f"RayJob {namespace}/{name}"
+    wait_s = (
+        timeout_s if timeout_s is not None else manifest["spec"]["activeDeadlineSeconds"] + FINISH_GRACE_S
+    )
+    poll_s = POLL_S if poll_s is None else poll_s
+    record = RunRecord(store, run_id)
+
+    earlier = RAYJOBS.get(namespace, name, api=api)
+    if earlier is not None and _deployment_status(earlier) in FINISHED:
+        RAYJOBS.delete(namespace, name, api=api)
+        _wait(lambda: RAYJOBS.get(namespace, name, api=api) is None, wait_s, poll_s, f"{where} to be deleted")
+    started = utcnow()
+    RAYJOBS.apply(manifest, api=api)
+    log.info("applied %s; waiting for it to finish", where)
+
+    def final_status() -> dict[str, Any] | None:
+        job = RAYJOBS.get(namespace, name, api=api)
+        if job is None:
+            raise ExternalServiceError(f"{where} was deleted before it finished.")
+        return (job.get("status") or {}) if _deployment_status(job) in FINISHED else None
+
+    try:
+        status = _wait(final_status, wait_s, poll_s, f"{where} to finish")
+    except TimeoutError as exc:
+        RAYJOBS.delete(namespace, name, api=api)
+        raise ExternalServiceError(f"{exc}; it was deleted.") from None
+    if status.get("jobStatus") != "SUCCEEDED":
+        failure = record.error()
+        if failure and failure.get("time", "") >= started:  # the job's own steps said why
+            raise IssueOpsError(failure["problems"][0], problems=failure["problems"])
+        reason = " ".join(str(status.get(k)) for k in ("reason", "message") if status.get(k))
+        raise ExternalServiceError(
+            f"{where} ended {status.get('jobStatus') or status.get('jobDeploymentStatus')}"
+            f"{': ' + reason[:300] if reason else ''}."
+        )
+    model_dir = Path(model_dir)
+    for key in store.list(f"models/{run_id}"):
+        store.download(key, model_dir / key[len(f"models/{run_id}") + 1 :])
+    if not (model_dir / MANIFEST).is_file():
+        raise ExternalServiceError(f"{where} succeeded but no model was uploaded to models/{run_id}.")
+    return json.loads((model_dir / MANIFEST).read_text())
+
+
+def _deployment_status(job: dict[str, Any]) -> str | None:
+    return (job.get("status") or {}).get("jobDeploymentStatus")
+
+
+def _wait(check, limit_s: float, poll_s: float, what: str):
+    """check()'s first truthy answer, asked every poll_s; TimeoutError after limit_s."""
+    deadline = time.monotonic() + limit_s
+    while not (answer := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Waited {limit_s:.0f} s for {what}")
+        time.sleep(poll_s)
+    return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m issueops.kuberay SPEC_FILE [--run-id ID]`: print the RayJob for a spec file."""
     import argparse
     import sys
-    from pathlib import Path
 
-    from issueops.errors import IssueOpsError
     from issueops.runs import new_run_id
     from issueops.spec import parse_issue_body
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from issueops.config import Settings
+from issueops.errors import InvalidInput
 from issueops.runs import RunRecord, step_guard, utcnow
 from issueops.spec import TrainingSpec
 from issueops.store import ObjectStore, open_store
@@ -41,9 +42,21 @@ def prepare_data_step(spec_json: str, run_id: str, out_dir: str) -> dict:
 
 
 def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) -> dict:
+    """Train here, or (reinforcement learning with ISSUEOPS_RL_RUNNER=rayjob) in a KubeRay RayJob
+    that runs this same step on its own Ray cluster and uploads the model; either way the model
+    ends up in `model_dir` and in the store under models/<run_id>."""
+    import os
+
     _, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "train"):
+        runner = os.environ.get("ISSUEOPS_RL_RUNNER", "local").lower()
+        if runner not in ("local", "rayjob"):
+            raise InvalidInput(f"ISSUEOPS_RL_RUNNER must be local or rayjob, not {runner!r}.")
+        if spec.learning_type == "reinforcement" and runner == "rayjob":
+            from issueops.kuberay import train_on_rayjob
+
+            return train_on_rayjob(spec, run_id, store, Path(model_dir))
         from issueops.training import train_model
 
         trained = train_model(spec, Path(processed_dir), Path(model_dir), run_id=run_id)

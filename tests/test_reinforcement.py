@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from issueops.errors import ExternalServiceError, InvalidInput, SpecError
+from issueops.errors import ExternalServiceError, InvalidInput, NotFound, SpecError
 from issueops.evaluate import evaluate_model
 from issueops.spec import parse_issue_body
 from issueops.training import read_manifest, train_model
@@ -29,6 +30,7 @@ from issueops.training.reinforcement import (
     resolve_budget,
 )
 from tests.conftest import EXAMPLES, REPO
+from tests.kube_double import ApiServerDouble
 
 TINY_PPO = "{training_iterations: 1, train_batch_size: 500, minibatch_size: 128, num_epochs: 2, hidden_units: [32, 32], evaluation_episodes: 3}"
 
@@ -331,6 +333,170 @@ def test_rayjob_refuses_other_learning_types():
     spec = parse_issue_body((EXAMPLES / "kmeans.yaml").read_text())
     with pytest.raises(InvalidInput, match="reinforcement"):
         rayjob_manifest(spec, "run-1")
+
+
+# ------------------------------------------------------- training in a KubeRay RayJob (ISSUEOPS_RL_RUNNER)
+
+RAYJOBS = {"rayjobs": "ray.io/v1"}
+
+
+class KubeRay:
+    """KubeRay's part, on the Kubernetes API double: an applied RayJob runs as its head pod runs it
+    (its entrypoint, with its runtimeEnvYAML's variables; a local Ray stands in for the job's own
+    cluster), and its status follows: Running, then Complete/SUCCEEDED or Failed/FAILED."""
+
+    def __init__(self):
+        self.api = ApiServerDouble(RAYJOBS, on_apply=self.start)
+        self.jobs: list[subprocess.CompletedProcess] = []
+
+    def start(self, key, job):
+        job["status"] = {"jobDeploymentStatus": "Initializing"}
+        threading.Thread(target=self.run, args=(key, job), daemon=True).start()
+
+    def run(self, key, job):
+        env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+        self.api.set_status(key, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+        done = subprocess.run(
+            [sys.executable, *job["spec"]["entrypoint"].split()[1:]],
+            env={
+                **os.environ,
+                **env_vars,
+                "ISSUEOPS_RAY_ADDRESS": "",
+                "ISSUEOPS_RAY_CPUS": "2",
+                "PYTHONPATH": str(REPO),
+            },
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=600,
+        )
+        self.jobs.append(done)
+        if done.returncode == 0:
+            self.api.set_status(key, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
+        else:
+            self.api.set_status(
+                key, {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"}
+            )
+
+
+def kubeconfig_for(api: ApiServerDouble, path: Path) -> Path:
+    """A kubeconfig naming the double, as `kubectl config view --raw` writes one."""
+    server = f"http://127.0.0.1:{api.server.server_address[1]}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "double", "cluster": {"server": server}}],
+        "users": [{"name": "issueops", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "double", "context": {"cluster": "double", "user": "issueops"}}],
+        "current-context": "double",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(store, tmp_path, monkeypatch):
+    """ISSUEOPS_RL_RUNNER=rayjob: the train step applies the run's RayJob, the job trains (its own
+    entrypoint, told to train where it is), and the step leaves the job's model in its output."""
+    import issueops.kuberay
+    from issueops.kuberay import rayjob_name
+    from issueops.runs import RunRecord
+    from issueops.steps import train_step
+
+    spec = rl_spec("ppo", TINY_PPO)
+    run_id = "train-20260101-000000-rjob"
+    kuberay = KubeRay()
+    with kuberay.api:
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig_for(kuberay.api, tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("ISSUEOPS_RL_RUNNER", "rayjob")
+        monkeypatch.setattr(issueops.kuberay, "POLL_S", 0.2)
+        manifest = train_step(spec.to_json(), run_id, str(tmp_path / "p"), str(tmp_path / "m"))
+    [job] = kuberay.jobs
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert manifest["rllib_algorithm"] == "PPO" and manifest == read_manifest(tmp_path / "m")
+    assert_policy_loads_and_acts(tmp_path / "m")
+    applied = kuberay.api.objects[("issueops", rayjob_name(run_id))]
+    assert yaml.safe_load(applied["spec"]["runtimeEnvYAML"])["env_vars"]["ISSUEOPS_RL_RUNNER"] == "local"
+    assert RunRecord(store, run_id).read("steps/train.json")["status"] == "done"
+    patches = [r for r in kuberay.api.requests if r["method"] == "PATCH"]
+    assert [r["query"] for r in patches] == [{"fieldManager": "issueops", "force": "true"}]
+
+
+def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(store, tmp_path):
+    """The job's own step recorded the reason: that is what the pipeline says. Applied again for a
+    retry, the finished job is deleted first (applying it would not run it again)."""
+    from issueops.errors import IssueOpsError
+    from issueops.kuberay import train_on_rayjob
+    from issueops.runs import step_guard
+
+    run_id = "train-20260101-000000-fail"
+
+    def fails(key, job):
+        with pytest.raises(ExternalServiceError), step_guard(store, run_id, "train"):
+            raise ExternalServiceError("The job's Ray workers were lost twice.")  # a retry may help
+        job["status"] = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"}
+
+    with ApiServerDouble(RAYJOBS, on_apply=fails) as api:
+        for _ in range(2):
+            with pytest.raises(IssueOpsError, match="Ray workers were lost twice"):
+                train_on_rayjob(
+                    rl_spec("ppo", TINY_PPO), run_id, store, tmp_path / "m", api=api.client(), poll_s=0.05
+                )
+    assert [r["method"] for r in api.requests if r["method"] != "GET"] == ["PATCH", "DELETE", "PATCH"]
+
+
+def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(store, tmp_path):
+    from issueops.errors import Unauthorized
+    from issueops.kuberay import rayjob_name, train_on_rayjob
+
+    spec = rl_spec("ppo", TINY_PPO)
+
+    def call(api, run_id="train-20260101-000000-err", **options):
+        return train_on_rayjob(spec, run_id, store, tmp_path / "m", api=api.client(), poll_s=0.05, **options)
+
+    def deadline(key, job):
+        job["status"] = {"jobDeploymentStatus": "Failed", "jobStatus": "", "reason": "DeadlineExceeded"}
+
+    with ApiServerDouble(RAYJOBS, on_apply=deadline) as api, pytest.raises(ExternalServiceError) as failed:
+        call(api)
+    assert str(failed.value) == "RayJob issueops/train-20260101-000000-err ended Failed: DeadlineExceeded."
+
+    def empty(key, job):
+        job["status"] = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+
+    with (
+        ApiServerDouble(RAYJOBS, on_apply=empty) as api,
+        pytest.raises(ExternalServiceError, match="no model was uploaded"),
+    ):
+        call(api)
+
+    with ApiServerDouble(RAYJOBS) as api:
+        with pytest.raises(ExternalServiceError, match=r"Waited 0 s for RayJob .* to finish; it was deleted"):
+            call(api, timeout_s=0.2)
+        assert ("issueops", rayjob_name("train-20260101-000000-err")) not in api.objects
+    with (
+        ApiServerDouble(RAYJOBS, status=403) as api,
+        pytest.raises(Unauthorized, match="denied by the double"),
+    ):
+        call(api)
+    with (
+        ApiServerDouble({}) as api,
+        pytest.raises(NotFound, match=r"no RayJob API \(ray.io/v1\): is KubeRay installed\?"),
+    ):
+        call(api)
+
+
+def test_unknown_rl_runner_is_refused(store, tmp_path, monkeypatch):
+    from issueops.steps import train_step
+
+    monkeypatch.setenv("ISSUEOPS_RL_RUNNER", "slurm")
+    with pytest.raises(InvalidInput, match="ISSUEOPS_RL_RUNNER must be local or rayjob, not 'slurm'"):
+        train_step(
+            rl_spec("ppo", TINY_PPO).to_json(),
+            "train-20260101-000000-slrm",
+            str(tmp_path / "p"),
+            str(tmp_path / "m"),
+        )
 
 
 # -------------------------------------------------------------------------------- slow

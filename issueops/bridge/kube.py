@@ -68,16 +68,15 @@ class KubernetesBook:
 
     @classmethod
     def from_env(cls) -> KubernetesBook:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        from issueops.custom_resources import api_client
+
+        api = client.CustomObjectsApi(api_client("ISSUEOPS_BRIDGE_MODE=cluster"))
         namespace = os.environ.get("ISSUEOPS_NAMESPACE")
         if not namespace and SERVICE_ACCOUNT_NAMESPACE.exists():
             namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-        return cls(client.CustomObjectsApi(), namespace or "issueops")
+        return cls(api, namespace or "issueops")
 
     def _call(self, what: str, fn, *args, **kwargs):
         from kubernetes.client.exceptions import ApiException
