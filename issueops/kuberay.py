@@ -250,8 +250,14 @@ def train_on_rayjob(
     after `timeout_s` (default: its activeDeadlineSeconds and 5 minutes) is deleted.
     """
     from issueops.runs import RunRecord, utcnow
+    from issueops.store import LocalStore
     from issueops.training import MANIFEST
 
+    if isinstance(store, LocalStore):
+        raise InvalidInput(
+            "ISSUEOPS_RL_RUNNER=rayjob needs the object store in S3 (ISSUEOPS_S3_BUCKET): "
+            "the job's pods upload the model there."
+        )
     namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", NAMESPACE)
     api = api or custom_resources.api_client("ISSUEOPS_RL_RUNNER=rayjob")
     manifest = rayjob_manifest(spec, run_id, namespace=namespace)

@@ -327,6 +327,24 @@ def test_rayjob_is_pinned_bounded_and_cleans_up_after_itself():
     assert "workerGroupSpecs" not in dqn["spec"]["rayClusterSpec"]  # DQN samples in the driver
 
 
+def test_kuberay_rbac_lets_the_train_step_run_rayjobs_and_nothing_more():
+    import kubernetes_validate
+
+    kustomization = yaml.safe_load((REPO / "manifests" / "kuberay" / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["rbac.yaml"] and kustomization["namespace"] == "issueops"
+    role, binding = yaml.safe_load_all((REPO / "manifests" / "kuberay" / "rbac.yaml").read_text())
+    for doc in (role, binding):
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    assert {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]} == {
+        ("ray.io", "rayjobs"),
+        ("ray.io", "rayjobs/status"),
+    }
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+    ]
+
+
 def test_rayjob_refuses_other_learning_types():
     from issueops.kuberay import rayjob_manifest
 
@@ -379,6 +397,22 @@ class KubeRay:
             )
 
 
+@pytest.fixture
+def s3_store(s3_endpoint, home, monkeypatch):
+    """The run's store in a real S3 server, as a cluster's is (the job's pods upload to it)."""
+    import uuid
+
+    from issueops.config import Settings
+    from issueops.store import open_store
+
+    bucket = f"rayjob-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("ISSUEOPS_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("ISSUEOPS_S3_BUCKET", bucket)
+    store = open_store(Settings.from_env())
+    store.client.create_bucket(Bucket=bucket)
+    return store
+
+
 def kubeconfig_for(api: ApiServerDouble, path: Path) -> Path:
     """A kubeconfig naming the double, as `kubectl config view --raw` writes one."""
     server = f"http://127.0.0.1:{api.server.server_address[1]}"
@@ -394,7 +428,7 @@ def kubeconfig_for(api: ApiServerDouble, path: Path) -> Path:
     return path
 
 
-def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(store, tmp_path, monkeypatch):
+def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(s3_store, tmp_path, monkeypatch):
     """ISSUEOPS_RL_RUNNER=rayjob: the train step applies the run's RayJob, the job trains (its own
     entrypoint, told to train where it is), and the step leaves the job's model in its output."""
     import issueops.kuberay
@@ -417,12 +451,13 @@ def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(store, 
     assert_policy_loads_and_acts(tmp_path / "m")
     applied = kuberay.api.objects[("issueops", rayjob_name(run_id))]
     assert yaml.safe_load(applied["spec"]["runtimeEnvYAML"])["env_vars"]["ISSUEOPS_RL_RUNNER"] == "local"
-    assert RunRecord(store, run_id).read("steps/train.json")["status"] == "done"
+    assert RunRecord(s3_store, run_id).read("steps/train.json")["status"] == "done"
+    assert s3_store.exists(f"models/{run_id}/model.json")
     patches = [r for r in kuberay.api.requests if r["method"] == "PATCH"]
     assert [r["query"] for r in patches] == [{"fieldManager": "issueops", "force": "true"}]
 
 
-def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(store, tmp_path):
+def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(s3_store, tmp_path):
     """The job's own step recorded the reason: that is what the pipeline says. Applied again for a
     retry, the finished job is deleted first (applying it would not run it again)."""
     from issueops.errors import IssueOpsError
@@ -432,7 +467,7 @@ def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(store, t
     run_id = "train-20260101-000000-fail"
 
     def fails(key, job):
-        with pytest.raises(ExternalServiceError), step_guard(store, run_id, "train"):
+        with pytest.raises(ExternalServiceError), step_guard(s3_store, run_id, "train"):
             raise ExternalServiceError("The job's Ray workers were lost twice.")  # a retry may help
         job["status"] = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"}
 
@@ -440,19 +475,20 @@ def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(store, t
         for _ in range(2):
             with pytest.raises(IssueOpsError, match="Ray workers were lost twice"):
                 train_on_rayjob(
-                    rl_spec("ppo", TINY_PPO), run_id, store, tmp_path / "m", api=api.client(), poll_s=0.05
+                    rl_spec("ppo", TINY_PPO), run_id, s3_store, tmp_path / "m", api=api.client(), poll_s=0.05
                 )
     assert [r["method"] for r in api.requests if r["method"] != "GET"] == ["PATCH", "DELETE", "PATCH"]
 
 
-def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(store, tmp_path):
+def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(s3_store, tmp_path):
     from issueops.errors import Unauthorized
     from issueops.kuberay import rayjob_name, train_on_rayjob
+    from issueops.store import LocalStore
 
     spec = rl_spec("ppo", TINY_PPO)
 
-    def call(api, run_id="train-20260101-000000-err", **options):
-        return train_on_rayjob(spec, run_id, store, tmp_path / "m", api=api.client(), poll_s=0.05, **options)
+    def call(api, run_id="train-20260101-000000-err", on=s3_store, **options):
+        return train_on_rayjob(spec, run_id, on, tmp_path / "m", api=api.client(), poll_s=0.05, **options)
 
     def deadline(key, job):
         job["status"] = {"jobDeploymentStatus": "Failed", "jobStatus": "", "reason": "DeadlineExceeded"}
@@ -484,6 +520,9 @@ def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(st
         pytest.raises(NotFound, match=r"no RayJob API \(ray.io/v1\): is KubeRay installed\?"),
     ):
         call(api)
+    with ApiServerDouble(RAYJOBS) as api, pytest.raises(InvalidInput, match="needs the object store in S3"):
+        call(api, on=LocalStore(tmp_path / "store"))
+    assert api.requests == []  # refused before anything was applied
 
 
 def test_unknown_rl_runner_is_refused(store, tmp_path, monkeypatch):
