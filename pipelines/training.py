@@ -21,15 +21,61 @@ from components.train import train
 from components.write_history import write_history
 from issueops.policy import STEP_POLICIES, retry_backoff
 
+# On a cluster every task reads issueops' settings from the `issueops-config` ConfigMap and its
+# credentials from Secrets, as the operator does (manifests/operator/configmap.yaml,
+# manifests/kustomization.yaml): each optional, so a key left out keeps its default.
+SETTINGS_CONFIG_MAP = "issueops-config"
+TASK_SETTINGS = (
+    "ISSUEOPS_S3_ENDPOINT",
+    "ISSUEOPS_S3_BUCKET",
+    "ISSUEOPS_S3_PREFIX",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "GITHUB_REPOSITORY",
+    "GITHUB_API_URL",
+    "ISSUEOPS_HISTORY_BRANCH",
+    "ISSUEOPS_MANUAL_APPROVAL",
+    "ISSUEOPS_MAX_DATASET_MB",
+    "ISSUEOPS_SERVING",
+    "ISSUEOPS_SERVING_DEVICE",
+    "ISSUEOPS_CANARY_PERCENT",
+    "ISSUEOPS_NAMESPACE",
+    "ISSUEOPS_RL_RUNNER",
+    "ISSUEOPS_RAY_IMAGE",
+    "ISSUEOPS_NOTIFY_TIMEOUT",
+    "ISSUEOPS_SMTP_HOST",
+    "ISSUEOPS_SMTP_PORT",
+    "ISSUEOPS_SMTP_USER",
+    "ISSUEOPS_SMTP_FROM",
+    "ISSUEOPS_SMTP_TO",
+    "ISSUEOPS_SMTP_STARTTLS",
+    "ISSUEOPS_LOG_JSON",
+    "ISSUEOPS_LOG_LEVEL",
+)
+TASK_SECRETS = {
+    "issueops-s3": {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"},
+    "issueops-github": {"token": "GITHUB_TOKEN"},
+    "issueops-notify": {
+        "slack-webhook-url": "ISSUEOPS_SLACK_WEBHOOK_URL",
+        "teams-webhook-url": "ISSUEOPS_TEAMS_WEBHOOK_URL",
+        "discord-webhook-url": "ISSUEOPS_DISCORD_WEBHOOK_URL",
+        "smtp-password": "ISSUEOPS_SMTP_PASSWORD",
+    },
+}
+
 
 def with_policy(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
-    """The seed's retries on the task, and its timeout as the pod deadline on a cluster."""
+    """The seed's retries on the task, its timeout as the pod deadline on a cluster, and the
+    settings and credentials every step reads there."""
     from kfp import kubernetes
 
     policy = STEP_POLICIES[step]
     if policy.retries:
         task.set_retry(num_retries=policy.retries, backoff_duration=retry_backoff(), backoff_factor=2.0)
     kubernetes.set_timeout(task, policy.timeout_s)
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in TASK_SETTINGS}, optional=True)
+    for secret, keys in TASK_SECRETS.items():
+        kubernetes.use_secret_as_env(task, secret, keys, optional=True)
     task.set_caching_options(False)
     return task
 

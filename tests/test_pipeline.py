@@ -165,6 +165,40 @@ def test_compiled_ir_has_every_component_the_condition_and_policies(home, tmp_pa
     assert timeouts["exec-train"]["activeDeadlineSeconds"] == "3600"
 
 
+def test_every_task_reads_settings_and_credentials_on_a_cluster(home, tmp_path):
+    """The operator's ConfigMap and the Secrets reach every step's pod (optional: a key left out
+    keeps its default), so a run on a cluster writes to the same S3 and MLflow as the operator."""
+    done = cli("compile", "-o", str(tmp_path), home=home)
+    assert done.returncode == 0, done.stderr
+    spec, platform = yaml.safe_load_all((tmp_path / "issueops-training.yaml").read_text())
+    configured = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(configured) == set(spec["deploymentSpec"]["executors"])
+    operator_keys = set(yaml.safe_load((REPO / "manifests/operator/configmap.yaml").read_text())["data"])
+    for executor in configured.values():
+        [settings] = executor["configMapAsEnv"]
+        assert settings["configMapName"] == "issueops-config" and settings["optional"] is True
+        passed = {k["configMapKey"] for k in settings["keyToEnv"]}
+        assert {
+            "ISSUEOPS_S3_BUCKET",
+            "ISSUEOPS_S3_ENDPOINT",
+            "MLFLOW_TRACKING_URI",
+            "GITHUB_REPOSITORY",
+        } <= passed
+        assert passed.isdisjoint({"ISSUEOPS_KFP_HOST", "ISSUEOPS_ALLOWLIST"})  # the operator's alone
+        secrets = {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in executor["secretAsEnv"]}
+        assert all(s["optional"] for s in executor["secretAsEnv"])
+        assert secrets["issueops-s3"] == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert secrets["issueops-github"] == {"GITHUB_TOKEN"}
+        assert "ISSUEOPS_SLACK_WEBHOOK_URL" in secrets["issueops-notify"]
+    assert operator_keys & passed == operator_keys - {
+        "ISSUEOPS_KFP_HOST",
+        "ISSUEOPS_KFP_EXPERIMENT",
+        "ISSUEOPS_MAX_RUNNING",
+        "ISSUEOPS_OPERATOR_TIMEOUT",
+        "ISSUEOPS_ALLOWLIST",
+    }
+
+
 def _tasks(spec: dict) -> list[dict]:
     """Every task of the compiled pipeline, in the root DAG and in the condition sub-DAGs."""
     dags = [spec["root"]] + list(spec["components"].values())
