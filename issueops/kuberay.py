@@ -250,7 +250,7 @@ def train_on_rayjob(
     after `timeout_s` (default: its activeDeadlineSeconds and 5 minutes) is deleted.
     """
     from issueops.runs import RunRecord, utcnow
-    from issueops.store import LocalStore
+    from issueops.store import LocalStore, download_dir
     from issueops.training import MANIFEST
 
     if isinstance(store, LocalStore):
@@ -297,9 +297,7 @@ def train_on_rayjob(
             f"{where} ended {status.get('jobStatus') or status.get('jobDeploymentStatus')}"
             f"{': ' + reason[:300] if reason else ''}."
         )
-    model_dir = Path(model_dir)
-    for key in store.list(f"models/{run_id}"):
-        store.download(key, model_dir / key[len(f"models/{run_id}") + 1 :])
+    model_dir = download_dir(store, f"models/{run_id}", model_dir)
     if not (model_dir / MANIFEST).is_file():
         raise ExternalServiceError(f"{where} succeeded but no model was uploaded to models/{run_id}.")
     return json.loads((model_dir / MANIFEST).read_text())

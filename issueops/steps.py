@@ -206,16 +206,14 @@ def notify_step(run_id: str, notification_type: str) -> dict:
 
 def _local_copy(store: ObjectStore, prefix: str, settings: Settings) -> Path:
     """A local directory holding the store's `prefix` (the store's own path when it is local)."""
-    from issueops.store import LocalStore
+    import tempfile
+
+    from issueops.store import LocalStore, download_dir
 
     if isinstance(store, LocalStore):
         return store.root / prefix
-    import tempfile
-
     target = Path(tempfile.mkdtemp(prefix="issueops-", dir=settings.home if settings.home.exists() else None))
-    for key in store.list(prefix):
-        store.download(key, target / key[len(prefix) + 1 :])
-    return target
+    return download_dir(store, prefix, target)
 
 
 def _actor() -> str:

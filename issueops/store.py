@@ -37,6 +37,14 @@ class ObjectStore(Protocol):
     def download(self, key: str, dest: Path) -> Path: ...
 
 
+def download_dir(store: ObjectStore, prefix: str, dest: Path) -> Path:
+    """Every object under `prefix` into `dest`, keeping the paths below the prefix."""
+    prefix = prefix.strip("/")
+    for key in store.list(prefix):
+        store.download(key, Path(dest) / key[len(prefix) + 1 :])
+    return Path(dest)
+
+
 class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root)
