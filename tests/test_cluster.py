@@ -82,6 +82,43 @@ def test_the_api_server_accepts_the_examples(kube):
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example, dry_run="All")
 
 
+def test_the_api_server_accepts_the_rayjob_the_train_step_applies(kube):
+    """With KubeRay installed, its CRD's schema takes the RayJob as ISSUEOPS_RL_RUNNER=rayjob
+    applies it (server-side apply, dry run, strict field validation)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from issueops.kuberay import RAYJOBS, rayjob_manifest
+    from issueops.spec import parse_issue_body
+
+    try:
+        client.ApiextensionsV1Api().read_custom_resource_definition("rayjobs.ray.io")
+    except ApiException as exc:
+        if exc.status == 404:
+            pytest.skip("KubeRay is not installed in this cluster")
+        raise
+    api, namespace = kube
+    spec = parse_issue_body(
+        "learning_type: reinforcement\nalgorithm: ppo\nenvironment: CartPole-v1\n"
+        "hyperparameters: {training_iterations: 1}\n"
+    )
+    manifest = rayjob_manifest(spec, "train-20260101-000000-e2e1", namespace=namespace)
+    api.api_client.call_api(
+        f"/apis/{RAYJOBS.api_version}/namespaces/{namespace}/{RAYJOBS.plural}/{manifest['metadata']['name']}",
+        "PATCH",
+        query_params=[
+            ("fieldManager", "issueops"),
+            ("force", "true"),
+            ("dryRun", "All"),
+            ("fieldValidation", "Strict"),
+        ],
+        header_params={"Content-Type": "application/apply-patch+yaml"},
+        body=manifest,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+
+
 @pytest.mark.parametrize(
     "change",
     [
