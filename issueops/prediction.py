@@ -17,8 +17,6 @@ from issueops.export import NUMERIC_INPUT, onnx_feeds
 from issueops.packaging import resolve_version
 from issueops.store import ObjectStore
 
-_NUMERIC_DTYPES = {"FP32": np.float32, "FP64": np.float64}
-
 
 @dataclass
 class Prediction:
@@ -83,11 +81,11 @@ def _feeds(rows: list[dict[str, Any]], columns: dict[str, list[str]], loaded) ->
             + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             + f"; {loaded.model} takes {', '.join(needed)}."
         )
+    from issueops.serving.model import NUMPY_DTYPES
+
     numeric = next((t for t in loaded.inputs if t.name == NUMERIC_INPUT), None)
     try:
-        return onnx_feeds(
-            frame, columns, _NUMERIC_DTYPES.get(numeric.datatype if numeric else "", np.float64)
-        )
+        return onnx_feeds(frame, columns, NUMPY_DTYPES.get(numeric.datatype if numeric else "", np.float64))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(
             f"The numeric columns of {loaded.model} ({', '.join(columns.get(NUMERIC_INPUT, [])[:10])}) "
