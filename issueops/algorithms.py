@@ -111,8 +111,12 @@ class Param:
         return {"int": "an integer", "float": "a number", "bool": "true or false"}.get(self.type, self.type)
 
     def _range(self) -> str:
-        low = "" if self.minimum is None else f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
-        high = "" if self.maximum is None else f"<= {self.maximum:g}"
+        low = (
+            ""
+            if self.minimum is None
+            else f"{'>' if self.exclusive_minimum else '>='} {_bound(self.minimum)}"
+        )
+        high = "" if self.maximum is None else f"<= {_bound(self.maximum)}"
         return " and ".join(p for p in (low, high) if p)
 
     def describe(self) -> str:
@@ -120,6 +124,11 @@ class Param:
             return "|".join(self.choices)
         rng = self._range()
         return f"{self.type} {rng}".strip()
+
+
+def _bound(value: float) -> str:
+    """A range's end as a person would type it: 2147483647, 1000000, 0.95 (never 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _is_int(value: Any) -> bool:

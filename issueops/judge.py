@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from issueops.algorithms import METRICS
+from issueops.results import format_value
 
 NEXT_ACTION = {"pass": "register_model", "retrain": "notify_operator", "fail": "rollback"}
 
@@ -39,22 +40,24 @@ def judge(
     if value is None or (isinstance(value, float) and math.isnan(value)):
         shown = "could not be computed"
     else:
-        shown = f"{value:.4f}"
+        shown = format_value(value)
     if threshold is None:
         return verdict("pass", f"No evaluation_threshold was set, so the model passes; {metric} = {shown}.")
     relation = ">=" if direction.higher_is_better else "<="
     if shown != "could not be computed" and direction.meets(value, threshold):
-        return verdict("pass", f"{metric} {shown} meets the threshold ({relation} {threshold:g}).")
+        return verdict(
+            "pass", f"{metric} {shown} meets the threshold ({relation} {format_value(threshold)})."
+        )
     retries_used = attempt - 1
     if retries_used < max_retry:
         left = max_retry - retries_used
         return verdict(
             "retrain",
-            f"{metric} {shown} misses the threshold ({relation} {threshold:g}); "
+            f"{metric} {shown} misses the threshold ({relation} {format_value(threshold)}); "
             f"{left} retr{'y' if left == 1 else 'ies'} left: adjust the hyperparameters to retrain.",
         )
     return verdict(
         "fail",
-        f"{metric} {shown} misses the threshold ({relation} {threshold:g}) after {attempt} "
-        f"attempt{'s' if attempt != 1 else ''}; the previous production model stays in place.",
+        f"{metric} {shown} misses the threshold ({relation} {format_value(threshold)}) after {attempt} "
+        f"attempt{'s' if attempt != 1 else ''}.",
     )

@@ -3,8 +3,41 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+def format_value(value: object) -> str:
+    """A number as every table, comment, message and notification shows it: 0.9123, 1, 12,
+    1234.57, 1.5e+07; None as a dash. The one formatter, so `1` in a table is `1` in the text."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value).replace("nan", "NaN")
+        if abs(value) >= 1e6:
+            return f"{value:.4g}"
+        text = f"{value:.4f}" if abs(value) < 1000 else f"{value:.2f}"
+        text = text.rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration as a person says it: 0.4 s, 40 s, 2 min 5 s, 40 min, 2 h 1 min, 24 h."""
+    if seconds < 60:
+        text = f"{seconds:.1f}".rstrip("0").rstrip(".")
+        return f"{text} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Protocol
 
 from issueops.errors import IssueOpsError
 from issueops.github import GitHubClient
-from issueops.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming, format_seconds
+from issueops.results import format_value as results_format_value
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +34,9 @@ DECISION_BADGES = {
 # ---------------------------------------------------------------------- rendering (pure)
 
 
-def format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
-
-
 def format_value(value: object) -> str:
-    """Numbers as a person reads them in a table: 0.9123, 12, 1234.57; None as a dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "NaN"
-        text = f"{value:.4f}" if abs(value) < 1000 else f"{value:.2f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    return cell(str(value))
+    """A value in a markdown table cell: numbers by the one formatter, text kept inside the cell."""
+    return cell(value) if isinstance(value, str) else results_format_value(value)
 
 
 def cell(text: str) -> str:

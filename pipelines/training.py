@@ -80,6 +80,13 @@ def with_policy(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
     return task
 
 
+def announce(recorded: dsl.PipelineTask, run_id: str, notification_type: str) -> dsl.PipelineTask:
+    """notify after write_history, whether or not the history commit succeeded: a GitHub outage
+    must not silence Slack, Teams, Discord and email (the message then says history failed)."""
+    task = with_policy(notify(run_id=run_id, notification_type=notification_type), "notify")
+    return task.after(recorded).ignore_upstream_failure()
+
+
 @dsl.pipeline(name="issueops-training", description="Train, evaluate and judge one attempt of a request.")
 def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
     prepared = with_policy(prepare_data(spec_json=spec_json, run_id=run_id), "prepare_data")
@@ -113,14 +120,14 @@ def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
             deploy(run_id=run_id, repository=packaged.outputs["repository"]), "deploy"
         ).after(*upstream)
         recorded = with_policy(write_history(run_id=run_id), "write_history").after(deployed)
-        with_policy(notify(run_id=run_id, notification_type="training_success"), "notify").after(recorded)
+        announce(recorded, run_id, "training_success")
     with dsl.Elif(decision == "retrain", name="below-threshold"):
         recorded = with_policy(write_history(run_id=run_id), "write_history")
-        with_policy(notify(run_id=run_id, notification_type="retrain_required"), "notify").after(recorded)
+        announce(recorded, run_id, "retrain_required")
     with dsl.Else(name="attempts-exhausted"):
         rolled_back = with_policy(rollback(run_id=run_id), "rollback")
         recorded = with_policy(write_history(run_id=run_id), "write_history").after(rolled_back)
-        with_policy(notify(run_id=run_id, notification_type="training_failed"), "notify").after(recorded)
+        announce(recorded, run_id, "training_failed")
     return decision
 
 

@@ -519,7 +519,7 @@ def test_step_lines_render_as_a_checklist():
     assert render_step(StepTiming("prepare_data", "done", 1.234)) == "- [x] prepare_data (1.2 s)"
     assert render_step(StepTiming("train", "pending")) == "- [ ] train"
     assert render_step(StepTiming("train", "running")) == "- [ ] train — running…"
-    assert render_step(StepTiming("evaluate", "failed", 3.0)) == "- [ ] evaluate — **failed** (3.0 s)"
+    assert render_step(StepTiming("evaluate", "failed", 3.0)) == "- [ ] evaluate — **failed** (3 s)"
     assert render_step(StepTiming("deploy", "skipped")) == "- [ ] ~~deploy~~ — skipped"
     assert format_seconds(125) == "2 min 5 s" and format_seconds(7260) == "2 h 1 min"
     assert format_value(0.95614) == "0.9561" and format_value(None) == "—"
@@ -596,7 +596,7 @@ def test_a_github_outage_does_not_stop_the_run(gh, client, caplog):
     assert "could not update the status" in caplog.text
     report.step_finished("train", seconds=2.0)
     [status] = gh.comments_on(issue)
-    assert "- [x] train (2.0 s)" in status.body
+    assert "- [x] train (2 s)" in status.body
 
 
 def test_console_sink_logs_one_line_per_event(caplog):
@@ -611,8 +611,8 @@ def test_console_sink_logs_one_line_per_event(caplog):
     assert messages[:3] == [
         "local run: started (1 steps)",
         "train: running",
-        "train: done in 4.0 s",
+        "train: done in 4 s",
     ]
-    assert "- [x] train (4.0 s)" in sink.last_body and "~~register~~ — skipped" in sink.last_body
+    assert "- [x] train (4 s)" in sink.last_body and "~~register~~ — skipped" in sink.last_body
     post_summary(sink, run_result())
     assert sink.posted and sink.posted[0].startswith(SUMMARY_MARKER)

@@ -257,3 +257,35 @@ def test_the_question_shows_metrics_threshold_what_can_change_and_an_example():
     assert "`learning_rate`" in text and "`subsample`" in text  # what can be adjusted
     assert "adjusted_hyperparameters:\n  n_estimators: 10\n  max_depth: 4" in text  # an example
     assert "1 attempt left" in text and "within 2 h" in text and req.wait_deadline in text
+
+
+@pytest.mark.parametrize(
+    "seconds, said",
+    [(40, "within 40 s"), (90, "within 1 min 30 s"), (2400, "within 40 min"), (86400, "within 24 h")],
+)
+def test_the_question_says_the_timeout_as_a_person_would(seconds, said):
+    req = waiting()
+    assert said in question(req, result(req, "retrain"), timeout_s=seconds)
+
+
+def test_a_metric_reads_the_same_in_tables_in_text_and_in_notifications():
+    from issueops.judge import judge
+    from issueops.notify import Notification, render_text
+    from issueops.status import render_status
+
+    verdict = judge("accuracy", 1.0, 0.9, attempt=1, max_retry=0)
+    assert verdict.message == "accuracy 1 meets the threshold (>= 0.9)."
+    req = waiting()
+    done = result(req, "pass", 1.0)
+    done.message, done.threshold = verdict.message, 0.9
+    assert "| accuracy | 0.9 | 1 | ✅ pass |" in render_status("t", [], result=done)
+    assert "accuracy  1 (threshold 0.9)" in render_text(Notification.from_result(done))
+    assert "1.0000" not in render_text(Notification.from_result(done)) + question(req, done, timeout_s=60)
+
+
+def test_hyperparameter_ranges_are_shown_as_typed():
+    from issueops.algorithms import ALGORITHMS
+
+    assert ALGORITHMS["random_forest"].param("random_state").describe() == "int >= 0 and <= 2147483647"
+    assert ALGORITHMS["xgboost"].param("gamma").describe() == "float >= 0 and <= 1000000"
+    assert ALGORITHMS["xgboost"].param("subsample").describe() == "float > 0 and <= 1"

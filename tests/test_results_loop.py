@@ -12,6 +12,7 @@ from issueops.config import Settings
 from issueops.registry import Registry
 from issueops.status import STATUS_MARKER
 from tests.github_double import GitHubDouble
+from tests.notify_servers import WebhookReceiver
 from tests.test_pipeline import cli
 
 PASSING = (
@@ -76,11 +77,25 @@ def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, gith
 
 
 def test_github_failing_while_committing_history_leaves_the_registry_right(home, tmp_path, github):
-    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": github.full_name, "GITHUB_API_URL": github.url}
-    github.inject("POST /repos/{owner}/{repo}/git/trees", 502, times=100)
-    issue = github.create_issue("Train", labels=["mlops:train"])
-    (tmp_path / "spec.yaml").write_text(PASSING.format(trees=30))
-    done = cli("run", str(tmp_path / "spec.yaml"), "--json", "--issue", str(issue), home=home, env=env)
+    """History cannot be committed: the run still passes, production is right, and the other
+    channels (Slack here, and the issue) still hear of the run, told that history failed."""
+    slack_path = "/services/T0001/B0002/history-outage"
+    with WebhookReceiver() as slack:
+        env = {
+            "GITHUB_TOKEN": TOKEN,
+            "GITHUB_REPOSITORY": github.full_name,
+            "GITHUB_API_URL": github.url,
+            "ISSUEOPS_SLACK_WEBHOOK_URL": slack.url(slack_path),
+        }
+        github.inject("POST /repos/{owner}/{repo}/git/trees", 502, times=100)
+        issue = github.create_issue("Train", labels=["mlops:train"])
+        (tmp_path / "spec.yaml").write_text(PASSING.format(trees=30))
+        done = cli("run", str(tmp_path / "spec.yaml"), "--json", "--issue", str(issue), home=home, env=env)
+        (heard,) = slack.posts(slack_path)
+    assert "Training succeeded" in heard.json["text"]
+    assert "write_history failed" in heard.json["text"] and "training history" in heard.json["text"]
+    summary = [c.body for c in github.comments_on(issue) if "issueops:notification" in c.body]
+    assert len(summary) == 1 and "write_history failed" in summary[0]
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["decision"] == "pass"

@@ -11,7 +11,7 @@ from typing import Any
 
 from issueops.algorithms import ALGORITHMS, METRICS
 from issueops.requests import TrainingRequest, adjustable
-from issueops.results import RunResult
+from issueops.results import RunResult, format_seconds
 from issueops.status import QUESTION_MARKER, cell, format_value
 
 REPLY_MARKER = "<!-- issueops:reply -->"
@@ -21,10 +21,6 @@ OWN_MARKERS = ("<!-- issueops:",)
 
 def is_own_comment(body: str | None) -> bool:
     return bool(body) and any(marker in body for marker in OWN_MARKERS)
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def suggested_value(name: str, request: TrainingRequest) -> Any:
@@ -84,7 +80,7 @@ def question(request: TrainingRequest, result: RunResult, *, timeout_s: float) -
             "",
             "Or `/retrain` to train again as it is, `/cancel` to stop. Only people with write "
             "access to the repository (or on the allowlist) can steer a run. Without an answer "
-            f"within {_hours(timeout_s)} (by {request.wait_deadline}) the request fails and the "
+            f"within {format_seconds(timeout_s)} (by {request.wait_deadline}) the request fails and the "
             "production model stays as it is.",
             "",
         ]

@@ -156,13 +156,17 @@ def cmd_run(args) -> int:
 
 
 def render_summary(result) -> str:
+    from issueops.results import format_value
+
     lines = [
         f"run        {result.run_id}",
         f"decision   {result.decision.upper()}: {result.message}",
         f"metric     {result.evaluation_metric} = {result.metric_value}"
         + (f" (threshold {result.threshold:g})" if result.threshold is not None else ""),
         "metrics    "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, (int, float))),
+        + ", ".join(
+            f"{k} {format_value(v)}" for k, v in result.metrics.items() if isinstance(v, (int, float))
+        ),
     ]
     if result.model_name:
         lines.append(

@@ -7,13 +7,12 @@ Adaptive Card, a Discord embed, an email) can be checked without sending anythin
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from issueops.results import RunResult
+from issueops.results import RunResult, format_value
 
 
 class NotificationType(StrEnum):
@@ -107,10 +106,13 @@ class Notification:
         for name, uri in sorted(result.artifacts.items()):
             if _is_http(uri):
                 links.setdefault(name, uri)
+        # A step that failed after the decision (the history commit, say) is told on every
+        # channel, so a GitHub outage is not silent where GitHub cannot speak.
+        message = "\n\n".join([result.message, *(f"Warning: {w}" for w in result.warnings)]).strip()
         return cls(
             type=kind,
             title=title,
-            message=result.message,
+            message=message,
             run_id=result.run_id,
             issue=result.issue,
             repository=result.repository,
@@ -163,16 +165,6 @@ class Notification:
         data = asdict(self)
         data["type"] = str(self.type)
         return data
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.4g}"
-    return str(value)
 
 
 def clip(text: str, limit: int) -> str:
