@@ -203,3 +203,24 @@ def _tasks(spec: dict) -> list[dict]:
     """Every task of the compiled pipeline, in the root DAG and in the condition sub-DAGs."""
     dags = [spec["root"]] + list(spec["components"].values())
     return [task for dag in dags for task in dag.get("dag", {}).get("tasks", {}).values()]
+
+
+@pytest.mark.parametrize("command", [["algorithms", "--markdown"], ["registry", "list", "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(home, command):
+    """`issueops ... | head`: the pipe closes before the output is written; no error is printed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a byte is written
+    try:
+        done = subprocess.run(
+            [*ISSUEOPS, *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ISSUEOPS_HOME": str(home)},
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert "BrokenPipe" not in done.stderr and "error" not in done.stderr
+    assert done.returncode == 141  # as a shell reports a command stopped by a closed pipe

@@ -25,7 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"), json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON"))
     )
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, inside this handler
+        return code
+    except BrokenPipeError:
+        # `issueops ... | head`: stop quietly, as a command stopped by SIGPIPE does. stdout goes
+        # to /dev/null so that the interpreter's last flush does not complain once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
     except IssueOpsError as exc:
         for problem in exc.problems:
             print(mask(str(problem)), file=sys.stderr)
@@ -80,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     from issueops.cli.bridge import add_bridge_parser
     from issueops.cli.mcp import add_mcp_parser
+    from issueops.cli.monitor import add_monitor_parser
     from issueops.cli.registry import add_registry_parser
     from issueops.cli.serving import add_serving_parser
 
-    return [add_registry_parser, add_serving_parser, add_bridge_parser, add_mcp_parser]
+    return [add_registry_parser, add_serving_parser, add_bridge_parser, add_mcp_parser, add_monitor_parser]
 
 
 def read_body(path: str) -> str:
