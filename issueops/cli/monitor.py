@@ -1,0 +1,219 @@
+"""`issueops monitor ...`: drift, delayed labels and performance of served versions.
+
+Each action is a few lines over issueops.monitoring; the registry is only read (which version is in
+production, what it was registered with). `--json` prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from issueops.errors import InvalidInput, IssueOpsError, NotFound
+from issueops.logs import mask
+
+DRIFT_WINDOW = "24h"
+PERFORMANCE_WINDOW = "30d"
+
+
+def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `monitor` and its actions to the `issueops` subcommands."""
+    from issueops.monitoring.drift import MIN_ROWS
+    from issueops.monitoring.performance import MIN_LABELLED_ROWS
+
+    monitor = subparsers.add_parser("monitor", help="drift, delayed labels and performance of served models")
+    actions = monitor.add_subparsers(dest="monitor_command", required=True, metavar="ACTION")
+
+    def window(parser: argparse.ArgumentParser, default: str) -> None:
+        parser.add_argument("model")
+        parser.add_argument("--version", type=int, help="registered version (default: the production one)")
+        parser.add_argument(
+            "--since",
+            default=default,
+            help=f"start of the window: a duration (30m, 24h, 7d) or an ISO time (default: {default})",
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    drift = actions.add_parser("drift", help="per-feature and prediction drift against the reference profile")
+    window(drift, DRIFT_WINDOW)
+    drift.add_argument(
+        "--min-rows", type=int, default=MIN_ROWS, help=f"smallest window to test (default {MIN_ROWS})"
+    )
+    drift.add_argument("--plots", metavar="DIR", help="write reference-vs-current plots into DIR")
+    drift.add_argument(
+        "--no-correction",
+        action="store_true",
+        help="judge p-values one by one (Evidently's way) instead of adjusting them across features",
+    )
+
+    feedback = actions.add_parser(
+        "feedback", help="store delayed labels (CSV or JSON lines keyed by request_id)"
+    )
+    feedback.add_argument("model")
+    feedback.add_argument("file", help="CSV with request_id,label[,row] or JSON lines with those keys")
+    feedback.add_argument("--json", action="store_true", help="print JSON")
+
+    performance = actions.add_parser(
+        "performance", help="the registered metric on labelled traffic (or a CBPE estimate without labels)"
+    )
+    window(performance, PERFORMANCE_WINDOW)
+    performance.add_argument(
+        "--tolerance", type=float, default=0.0, help="how much worse than registered still counts as fine"
+    )
+    performance.add_argument(
+        "--min-labelled",
+        type=int,
+        default=MIN_LABELLED_ROWS,
+        help=f"labelled rows needed to measure (default {MIN_LABELLED_ROWS})",
+    )
+    monitor.set_defaults(handler=run_monitor_command)
+    return monitor
+
+
+def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) -> int:
+    """Run one `monitor` action; errors are a short sentence on stderr and their exit code."""
+    try:
+        if store is None or registry is None:
+            from issueops.config import Settings
+            from issueops.store import open_store
+
+            settings = Settings.from_env()
+            store = store or open_store(settings)
+            if registry is None:
+                from issueops.registry import Registry
+
+                registry = Registry.from_settings(settings)
+        data, text = _ACTIONS[args.monitor_command](args, registry, store)
+    except IssueOpsError as err:
+        for problem in err.problems:
+            print(mask(str(problem)), file=sys.stderr)
+        return err.exit_code
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    return 0
+
+
+def _served_version(registry, store, model: str, version: int | None) -> int:
+    """The version to look at: the named one or production's, which must have payload logs."""
+    from issueops.monitoring.payloads import NeverServed, logged_versions, payload_prefix
+
+    if version is None:
+        production = registry.production(model)
+        if production is None:
+            if not logged_versions(store, model):
+                raise NeverServed(
+                    f"Model {model} has never been served: no inference logs under {payload_prefix(model)}/."
+                )
+            raise NotFound(f"Model {model} has no production version; name one with --version.")
+        version = production.version
+    if version not in logged_versions(store, model):
+        raise NeverServed(
+            f"Version {version} of {model} has never been served: no inference logs under "
+            f"{payload_prefix(model, version)}/."
+        )
+    return version
+
+
+def _window(args, registry, store):
+    """The version looked at, its reference profile, and its payload log since --since."""
+    from issueops.monitoring.payloads import parse_since, read_inference_log
+    from issueops.monitoring.profile import load_reference_profile
+
+    version = _served_version(registry, store, args.model, args.version)
+    profile = load_reference_profile(store, args.model, version)
+    log = read_inference_log(
+        store, args.model, version, since=parse_since(args.since), feature_columns=profile.feature_columns
+    )
+    return version, profile, log
+
+
+def _drift(args, registry, store):
+    from issueops.monitoring.drift import Correction, check_drift
+
+    _, profile, log = _window(args, registry, store)
+    report = check_drift(
+        profile,
+        log,
+        min_rows=args.min_rows,
+        correction=Correction.NONE if args.no_correction else Correction.BENJAMINI_HOCHBERG,
+        plots_dir=Path(args.plots) if args.plots else None,
+    )
+    return report.to_dict(), _drift_text(report)
+
+
+def _drift_text(report) -> str:
+    rows = [report.summary(), ""]
+    rows.append(
+        f"{'FEATURE':<28} {'TEST':<14} {'STATISTIC':>10} {'P / ADJ. P / DISTANCE':>24} {'THRESH.':>8}  DRIFT"
+    )
+    for item in [*report.features, *([report.prediction] if report.prediction else [])]:
+        if item.p_value is not None:
+            evidence = f"{item.p_value:.3g} / {item.p_adjusted:.3g}"
+        else:
+            evidence = "-" if item.distance is None else f"{item.distance:.4g}"
+        statistic = "-" if item.statistic is None else f"{item.statistic:.4g}"
+        rows.append(
+            f"{item.name[:28]:<28} {item.test or '-':<14} {statistic:>10} {evidence:>24} {item.threshold:>8g}  "
+            + ("yes" if item.drift else "no")
+            + (f"  ({item.note})" if item.note else "")
+        )
+    skipped = report.log.get("skipped_files", 0), report.log.get("skipped_lines", 0)
+    rows.append("")
+    rows.append(
+        f"window {report.since} .. {report.until}: {report.rows} rows, reference {report.reference_rows} rows; "
+        f"p-values {'adjusted (Benjamini-Hochberg)' if report.correction != 'none' else 'not adjusted'}"
+        + (f"; {skipped[0]} damaged file(s) and {skipped[1]} bad line(s) skipped" if any(skipped) else "")
+    )
+    if report.plots:
+        rows.append(f"plots  {Path(report.plots[0]).parent} ({len(report.plots)})")
+    return "\n".join(rows)
+
+
+def _feedback(args, registry, store):
+    from issueops.monitoring.payloads import NeverServed, logged_versions, payload_prefix, read_inference_log
+    from issueops.monitoring.performance import known_request_ids, record_feedback
+    from issueops.monitoring.profile import load_reference_profile
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise InvalidInput(f"{args.file}: no such file.")
+    versions = logged_versions(store, args.model)
+    if not versions:
+        raise NeverServed(
+            f"Model {args.model} has never been served: no inference logs under {payload_prefix(args.model)}/."
+        )
+    production = registry.production(args.model)
+    # Labels are checked against the classes of the version in production (else the latest served).
+    version = production.version if production and production.version in versions else versions[-1]
+    profile = load_reference_profile(store, args.model, version)
+    log = read_inference_log(store, args.model)
+    result = record_feedback(
+        store,
+        args.model,
+        path.read_bytes(),
+        name=path.name,
+        task_type=profile.task_type,
+        classes=profile.classes,
+        known_request_ids=known_request_ids(log),
+    )
+    return result.to_dict(), result.summary() + f"\nstored {result.key}"
+
+
+def _performance(args, registry, store):
+    from issueops.monitoring.performance import check_performance, read_feedback
+
+    version, profile, log = _window(args, registry, store)
+    info = registry.version(args.model, version)
+    report = check_performance(
+        profile,
+        log,
+        read_feedback(store, args.model),
+        registered_metrics=info.metrics,
+        tolerance=args.tolerance,
+        min_labelled=args.min_labelled,
+    )
+    return report.to_dict(), report.summary()
+
+
+_ACTIONS = {"drift": _drift, "feedback": _feedback, "performance": _performance}
