@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [NAME ...]` (default: all). Names: pipeline, webhook, serving, rl."""
+"""Run the benchmarks: `python -m benchmarks [NAME ...]` (default: all). Names: pipeline, webhook, serving, rl, monitoring."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ ENTRIES = {
     "webhook": "benchmarks.bench_webhook",
     "serving": "benchmarks.bench_serving",
     "rl": "benchmarks.bench_rl",
+    "monitoring": "benchmarks.bench_monitoring",
 }
 
 
