@@ -161,7 +161,7 @@ def _drift_text(report) -> str:
     skipped = report.log.get("skipped_files", 0), report.log.get("skipped_lines", 0)
     rows.append("")
     rows.append(
-        f"window {report.since} .. {report.until}: {report.rows} rows, reference {report.reference_rows} rows; "
+        f"window {report.since or 'the first log'} .. {report.until}: {report.rows} rows, reference {report.reference_rows} rows; "
         f"p-values {'adjusted (Benjamini-Hochberg)' if report.correction != 'none' else 'not adjusted'}"
         + (f"; {skipped[0]} damaged file(s) and {skipped[1]} bad line(s) skipped" if any(skipped) else "")
     )
