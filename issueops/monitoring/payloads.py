@@ -369,6 +369,11 @@ class PayloadLogger:
     def enabled(self) -> bool:
         return self.sample_rate > 0
 
+    @property
+    def queue_depth(self) -> int:
+        """Inferences waiting to be written (for a gauge; bounded by max_queue)."""
+        return self._queue.qsize()
+
     def log(
         self,
         model: str,
@@ -495,7 +500,7 @@ class InferenceLog:
     features: pd.DataFrame
     outputs: dict[str, np.ndarray]
     files: int = 0
-    skipped_files: list[str] = field(default_factory=list)  # "key: why"
+    skipped_files: list[str] = field(default_factory=list)  # files not read in full, "key: why"
     skipped_lines: int = 0
     unanswered: int = 0  # requests whose response was not logged (failed, or not yet written)
     since: datetime | None = None
@@ -550,7 +555,8 @@ def read_inference_log(
             f"{which[0].upper()}{which[1:]} has never been served: no inference logs under {prefix}/."
         )
     first_day = since.astimezone(UTC).date() if since else None
-    last_day = until.astimezone(UTC).date() if until else None
+    # A response can land in the next day's folder (its request came just before midnight).
+    last_day = until.astimezone(UTC).date() + timedelta(days=1) if until else None
     reader = _Reader(model, since, until)
     for key in keys:
         day = date.fromisoformat(key.split("/")[3])
