@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from tests.conftest import REPO
 SERVE = [sys.executable, "-m", "issueops.cli.serving"]
 RF = "bc-rf"
 MLP = "wine-mlp"
+BODY_TIMEOUT_S = (
+    3  # the test server's bound on a request body's arrival (a small one, for the stalled-body test)
+)
 
 
 def free_port() -> int:
@@ -96,6 +100,7 @@ def server(world):
         "ISSUEOPS_HOME": str(world["home"]),
         "ISSUEOPS_SERVE_POLL_S": "0.3",
         "ISSUEOPS_SERVE_RETRY_S": "0.5",
+        "ISSUEOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     log = open(world["home"] / "serve.log", "w")  # noqa: SIM115 - kept open for the process
     process = subprocess.Popen(
@@ -377,6 +382,226 @@ def test_all_json_requests_answer_whatever_their_content_type(world, server):
     assert http_infer(server["http"], RF, rows, "FP64").as_numpy("label").shape == (3,)
 
 
+class KeepAlive:
+    """One HTTP/1.1 connection to the endpoint, kept for every request: a request fails when the
+    server dropped the connection, and an answer that closes it fails the assertion."""
+
+    def __init__(self, server):
+        import http.client
+
+        host, port = server["http"].split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.connection.connect()
+        self.socket = self.connection.sock
+
+    def post(self, path: str, body, headers: dict | None = None, **request) -> tuple[int, bytes]:
+        self.connection.request("POST", path, body=body, headers=headers or {}, **request)
+        response = self.connection.getresponse()
+        answer = response.read()
+        assert self.connection.sock is self.socket, f"the server closed the connection after {answer!r}"
+        return response.status, answer
+
+    def infer(self, rows: np.ndarray) -> int:
+        """A valid binary-tensor request on this connection: its status."""
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(rows.shape),
+                        "datatype": "FP64",
+                        "parameters": {"binary_data_size": rows.nbytes},
+                    }
+                ]
+            }
+        ).encode()
+        return self.post(
+            f"/v2/models/{RF}/infer",
+            header + rows.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header))},
+        )[0]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_malformed_framing_is_a_400_on_a_connection_that_stays_usable(world, server):
+    """A bad Inference-Header-Content-Length (not a number, negative, longer than the body) or a
+    JSON header that is not a V2 request gets 400 with a sentence, and the next valid request on
+    the same keep-alive connection is answered."""
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    tensor = {"name": "input", "shape": [2, 30], "datatype": "FP64"}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}]}).encode()
+    body = header + rows.tobytes()
+    lengths = ["abc", "1e3", "-5", "", "³", str(len(body) + 1), "9" * 5000]
+    headers_that_are_not_v2 = [  # framed right, but no V2 request header inside
+        b"[]",
+        b'{"inputs": [{"name": "input"}]}',
+        b'{"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP64", "parameters": {"binary_data_size": "480"}}]}',
+        b'{"inputs": [{"name": "input", "shape": [2, 30], "datatype": "UINT16", "parameters": {"binary_data_size": 7}}]}',
+        b'{"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP64", "parameters": {}}]}',
+    ]
+    connection = KeepAlive(server)
+    try:
+        for length in lengths:
+            for chunked in (False, True):  # announced Content-Length, and a chunked body
+                status, answer = connection.post(
+                    f"/v2/models/{RF}/infer",
+                    iter([body]) if chunked else body,
+                    {"Inference-Header-Content-Length": length},
+                    encode_chunked=chunked,
+                )
+                assert status == 400, (length, answer)
+                assert "Inference-Header-Content-Length" in json.loads(answer)["error"], answer
+                assert connection.infer(rows) == 200
+        for bad_header in headers_that_are_not_v2:
+            status, answer = connection.post(
+                f"/v2/models/{RF}/infer",
+                bad_header + rows.tobytes(),
+                {"Inference-Header-Content-Length": str(len(bad_header))},
+            )
+            assert status == 400, (bad_header, answer)
+            error = json.loads(answer)["error"]
+            assert "Traceback" not in error and " : " not in error, error  # not kserve's 500 text
+            assert connection.infer(rows) == 200
+    finally:
+        connection.close()
+    assert "Exception in ASGI application" not in server["log"].read_text()
+
+
+def test_a_500_leaves_the_keep_alive_connection_usable():
+    """An error the app answers with 500 (kserve's handler for any exception) does not drop the
+    connection under the next request: the answer was complete, so the connection stays."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from issueops.serving.endpoints import InferRoute
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    async def fine(request):
+        return PlainTextResponse("fine")
+
+    async def answer_500(request, exc):  # as kserve's generic_exception_handler answers
+        return JSONResponse({"error": f"{type(exc).__name__} : {exc}"}, 500)
+
+    app = Starlette(
+        routes=[Route("/broken", broken, methods=["POST"]), Route("/fine", fine, methods=["POST"])]
+    )
+    app.add_exception_handler(Exception, answer_500)
+    port = free_port()
+    config = uvicorn.Config(InferRoute(app, None, 1 << 20), host="127.0.0.1", port=port, log_level="critical")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not running.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        connection = KeepAlive({"http": f"127.0.0.1:{port}"})
+        assert connection.post("/broken", b"{}") == (500, b'{"error":"RuntimeError : a bug"}')
+        assert connection.post("/fine", b"{}") == (200, b"fine")
+        connection.close()
+    finally:
+        running.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_within_the_bound(world, server):
+    """A client that announces more body than it sends gets 408 with a sentence and the connection
+    closed once ISSUEOPS_SERVE_BODY_TIMEOUT_S (3 s for this server) has passed, on the infer route
+    and on kserve's other routes; the server keeps answering everyone else meanwhile."""
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    host, port = server["http"].split(":")
+    for path in (f"/v2/models/{RF}/infer", f"/v1/models/{RF}:predict"):
+        with socket.create_connection((host, int(port)), timeout=120) as stalled:
+            stalled.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b'{"inputs"'
+            )
+            assert http_infer(server["http"], RF, rows, "FP64").as_numpy("label").shape == (2,)
+            answer = b""
+            while chunk := stalled.recv(65536):  # until the server closes the connection
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"connection: close" in head.lower()
+        assert f"did not arrive within {BODY_TIMEOUT_S} s" in json.loads(body)["error"], body
+
+
+@pytest.mark.parametrize("route", ["fast path", "kserve's route"])
+def test_json_tensors_of_non_numbers_are_refused_with_a_sentence(world, server, route):
+    """FP64 data with null, booleans, strings ("1.5", "NaN") or nesting that is not the tensor's
+    shape gets 400 naming the value, whether the request is all JSON (the fast path) or JSON
+    tensors with the binary extension's header (kserve's route); numbers nested as the shape are
+    answered, and so is NaN where the JSON reader takes it (the fast path's; kserve's orjson
+    refuses it as not JSON)."""
+    rows = features_of(world, "rf2").to_numpy(np.float64)[:2]
+    flat = rows.ravel().tolist()
+
+    def ask(data: list) -> tuple[int, dict]:
+        request = {"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP64", "data": data}]}
+        if route == "fast path":
+            status, answer = post_json(server, RF, json.dumps(request).encode())
+        else:
+            status, answer = post_v2(server, RF, request)
+        return status, json.loads(answer)
+
+    for value, shown in [
+        (None, "null"),
+        (True, "true"),
+        ("1.5", '"1.5"'),
+        ("NaN", '"NaN"'),
+        ([1.0], "[1.0]"),
+    ]:
+        status, answer = ask([*flat[:7], value, *flat[8:]])
+        assert status == 400, answer
+        assert f"holds {shown} at value 7" in answer["error"] and "JSON numbers" in answer["error"], answer
+    for nested in ([[v] for v in flat], [flat[:30], [flat[30:]]], [[flat[:15], flat[15:30]], flat[30:]]):
+        status, answer = ask(nested)
+        assert status == 400 and "nested as its shape [2, 30]" in answer["error"], answer
+    status, answer = ask([*flat[:-1]])
+    assert status == 400 and "holds 59 values; its shape [2, 30] takes 60" in answer["error"], answer
+
+    expected = http_infer(server["http"], RF, rows, "FP64").as_numpy("label").tolist()
+    for data in (flat, [flat[:30], flat[30:]]):
+        status, answer = ask(data)
+        assert status == 200 and [o for o in answer["outputs"] if o["name"] == "label"][0]["data"] == expected
+    if route == "fast path":  # NaN (not JSON, but Python's json writes it): a missing value
+        status, answer = ask([*flat[:7], float("nan"), *flat[8:]])
+        assert status == 200, answer
+
+
+def test_explicit_values_of_every_datatype_are_checked():
+    """The JSON (or gRPC typed) values of every datatype are what the datatype says: integers for
+    INT*, true/false for BOOL, strings for BYTES, numbers for FP*; nothing is coerced."""
+    from issueops.errors import InvalidInput
+    from issueops.serving.model import explicit_array
+
+    assert explicit_array("x", [1, 2.5], [2], "FP32").dtype == np.float32
+    assert explicit_array("x", [[1, -2]], [1, 2], "INT64").tolist() == [[1, -2]]
+    assert explicit_array("x", [True, False], [2], "BOOL").tolist() == [True, False]
+    assert explicit_array("x", ["a", b"b"], [2], "BYTES").tolist() == ["a", b"b"]
+    refused = [
+        ([1.5, 2], "INT64", "holds 1.5 at value 0"),
+        ([1, True], "INT32", "holds true at value 1"),
+        ([300, 1], "UINT8", "out of range for UINT8"),
+        ([2**70, 1], "INT64", "out of range for INT64"),
+        ([1, 0], "BOOL", "holds 1 at value 0"),
+        (["a", None], "BYTES", "holds null at value 1"),
+        ([1, "2"], "FP64", 'holds "2" at value 1'),
+        ([1, 10**400], "FP64", "out of range for FP64"),
+    ]
+    for values, datatype, reason in refused:
+        with pytest.raises(InvalidInput, match=re.escape(reason)):
+            explicit_array("x", values, [2], datatype)
+
+
 def test_oversized_requests_are_refused_before_they_are_read(world, server):
     """Above --max-request-mb (default 8 MiB): HTTP 413 with a sentence, whether the length is
     announced or the body is chunked, and gRPC RESOURCE_EXHAUSTED; the server keeps answering."""
@@ -394,7 +619,8 @@ def test_oversized_requests_are_refused_before_they_are_read(world, server):
         assert "takes at most 8 MiB (issueops serve --max-request-mb)" in json.loads(body)["error"]
 
     chunks = (huge[i : i + (1 << 20)] for i in range(0, len(huge), 1 << 20))
-    assert post(server, f"/v2/models/{RF}/infer", chunks, encode_chunked=True)[0] == 413
+    status, body = post(server, f"/v2/models/{RF}/infer", chunks, encode_chunked=True)
+    assert status == 413 and "is over 8 MiB; this endpoint takes at most 8 MiB" in json.loads(body)["error"]
 
     client = grpcclient.InferenceServerClient(server["grpc"])
     tensor = grpcclient.InferInput("input", [40000, 30], "FP64")
@@ -558,6 +784,20 @@ def test_bad_worker_counts_and_request_limits_are_refused(world, flag, value):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert flag in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_bad_body_timeout_is_refused_before_listening(world, value):
+    done = subprocess.run(
+        [*SERVE, "serve", "--port", str(free_port()), "--grpc-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ISSUEOPS_HOME": str(world["home"]), "ISSUEOPS_SERVE_BODY_TIMEOUT_S": value},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"ISSUEOPS_SERVE_BODY_TIMEOUT_S must be a number of seconds above 0, not '{value}'." in done.stderr
 
 
 @pytest.mark.parametrize("model", ["no-such-model", "bad name; rm -rf /"])

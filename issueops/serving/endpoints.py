@@ -4,24 +4,34 @@ What differs from kserve's own: V2 infer requests go straight to kserve's datapl
 middleware, route matching and dependency solving cost more than the inference itself; every
 other request, and any the fast path does not take, still goes through kserve's FastAPI app),
 binary tensors keep their bytes, all-JSON bodies are read whatever their content type, request
-bodies have a size limit on both protocols, the model metadata names the served version, and
-gRPC listens on the given host.
+bodies have a size limit on both protocols and a time limit on HTTP, framing and tensors that are
+not a V2 request are a 400 (never a 500), an error does not cost the client its keep-alive
+connection, the model metadata names the served version, and gRPC listens on the given host.
 
 kserve.model_server parses sys.argv when imported: call these after server._import_kserve().
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import struct
+from typing import Annotated, NotRequired
 
 import orjson
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from pydantic import Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
+from typing_extensions import TypedDict
 
 INFERENCE_HEADER = "inference-header-content-length"  # kserve's INFERENCE_CONTENT_LENGTH_HEADER
 MEBIBYTE = 1 << 20
+# A request's whole body must arrive within this many seconds of its headers, or it is answered
+# 408 and its connection closed (uvicorn has no such limit: a Content-Length longer than the body
+# would hold the request forever). `ISSUEOPS_SERVE_BODY_TIMEOUT_S` changes it.
+BODY_TIMEOUT_S = 30.0
 
 
 def grpc_options(max_request_bytes: int) -> dict:
@@ -31,7 +41,7 @@ def grpc_options(max_request_bytes: int) -> dict:
     }
 
 
-def rest_server(base, max_request_bytes: int):
+def rest_server(base, max_request_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S):
     """kserve's RESTServer serving InferRoute over its FastAPI app, without the timing middleware
     unless kserve's trace logger writes.
 
@@ -44,7 +54,7 @@ def rest_server(base, max_request_bytes: int):
             from kserve.model_server import app
 
             self.create_application()  # kserve's routes and handlers, on its module-level app
-            self.config.app = InferRoute(app, self.dataplane, max_request_bytes)
+            self.config.app = InferRoute(app, self.dataplane, max_request_bytes, body_timeout_s)
             await self._server.serve(sockets=sockets)
 
         def _add_middlewares(self, app):
@@ -62,39 +72,42 @@ class InferRoute:
     numbers go to kserve's route; all-JSON requests are read here. Errors are answered by the
     app's own exception handlers (kserve's), so they read as they do on every other route.
 
-    Bodies larger than `max_request_bytes` are refused: with a sentence when their length is
-    announced, by Starlette's body limit (in front of kserve's app) when they come in chunks."""
+    Every request's body is read here first, for every route: one larger than `max_request_bytes`
+    is refused (413), one that has not all arrived `body_timeout_s` after its headers is answered
+    408 and its connection closed."""
 
     PATH = re.compile(r"/v2/models/([^/]+)/infer")
 
-    def __init__(self, app, dataplane, max_request_bytes: int):
-        self.app, self.dataplane, self.max_request_bytes = app, dataplane, max_request_bytes
-        self.forward = RequestBodyLimitMiddleware(app, max_request_bytes)
+    def __init__(self, app, dataplane, max_request_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S):
+        self.app, self.dataplane = app, dataplane
+        self.max_request_bytes, self.body_timeout_s = max_request_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
-            return await self.forward(scope, receive, send)
-        request = Request(scope, receive)
-        length = request.headers.get("content-length")
-        too_large = self._too_large(length)
-        if too_large is not None:
-            return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        body = self._too_large(length)
+        if body is None:
+            body = await self._body(receive, length)
+        if not isinstance(body, bytes):  # refused (413, 408), or None: the client has gone
+            return None if body is None else await body(scope, receive, send)
         match = self.PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
-        if match is None or length is None:
-            return await self.forward(scope, receive, send)
-        body = await request.body()
-        headers = dict(request.headers)
+        if match is None:
+            return await self._forward(scope, _replay(body, receive), send)
+        request, headers = Request(scope, receive), dict(headers)
         try:
             await self._ready(match[1])  # an unknown model is a 404 whatever the body holds, as in kserve
             if INFERENCE_HEADER in headers:
-                infer_request = binary_tensor_request(body, headers, match[1])
+                json_length = inference_header_length(headers[INFERENCE_HEADER], len(body))
+                infer_request = binary_tensor_request(body, json_length, match[1])
             else:
                 infer_request = json_request(body, match[1])
             reply = None if infer_request is None else await self._infer(match[1], infer_request, headers)
         except Exception as exc:  # noqa: BLE001 - answered as kserve answers it on its routes
             reply = await self._error(request, exc)
         if reply is None:  # not plain binary tensors: kserve's route decodes it (outside the try:
-            return await self.forward(scope, _replay(body), send)  # it answers its own errors)
+            return await self._forward(scope, _replay(body, receive), send)  # it answers its own errors)
         await reply(scope, receive, send)
 
     def _too_large(self, content_length: str | None) -> Response | None:
@@ -103,11 +116,59 @@ class InferRoute:
         size = int(content_length)
         if size <= self.max_request_bytes:
             return None
+        return self._refuse_size(f"{size / MEBIBYTE:.1f} MiB")
+
+    def _refuse_size(self, size: str) -> Response:
         message = (
-            f"The request body is {size / MEBIBYTE:.1f} MiB; this endpoint takes at most "
+            f"The request body is {size}; this endpoint takes at most "
             f"{self.max_request_bytes / MEBIBYTE:g} MiB (issueops serve --max-request-mb)."
         )
         return Response(orjson.dumps({"error": message}), 413, media_type="application/json")
+
+    async def _body(self, receive, content_length: str | None) -> bytes | Response | None:
+        """The whole request body; a refusal when it grows past the limit or is not all there in
+        time; None when the client left."""
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_request_bytes:  # a chunked body: its length was not announced
+                        return self._refuse_size(f"over {self.max_request_bytes / MEBIBYTE:g} MiB")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            announced = f" of the {content_length} announced" if content_length else ""
+            message = (
+                f"The request body did not arrive within {self.body_timeout_s:g} s ({size} bytes"
+                f"{announced} came); the connection is closed (ISSUEOPS_SERVE_BODY_TIMEOUT_S)."
+            )
+            # the rest of that body may still come: the connection cannot carry another request
+            return Response(
+                orjson.dumps({"error": message}), 408, {"connection": "close"}, media_type="application/json"
+            )
+
+    async def _forward(self, scope, receive, send) -> None:
+        """kserve's app; an exception it has answered (500) does not drop the connection."""
+        answered = False
+
+        async def sending(message) -> None:
+            nonlocal answered
+            await send(message)
+            answered = message["type"] == "http.response.body" and not message.get("more_body", False)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            # Starlette re-raises what its 500 handler answered (kserve's handler has logged it);
+            # uvicorn would then close the connection under the client's next request.
+            if not answered:
+                raise
 
     async def _ready(self, name: str) -> None:
         from kserve.errors import ModelNotReady
@@ -136,14 +197,19 @@ class InferRoute:
         raise exc
 
 
-def _replay(body: bytes):
-    """An ASGI receive that hands the already-read body to the app once more."""
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
+def _replay(body: bytes, receive):
+    """An ASGI receive that hands the already-read body to the app once more, then waits on the
+    connection as `receive` does (for the client leaving)."""
+    replayed = False
 
-    async def receive():
-        return messages.pop() if messages else {"type": "http.disconnect"}
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 def grpc_server(base):
@@ -178,12 +244,25 @@ def grpc_server(base):
 
 
 class VersionedDataPlane:
-    """kserve's DataPlane with the served version and platform in the model metadata."""
+    """kserve's DataPlane with the served version and platform in the model metadata, whose
+    decoding of a request that is no V2 request is a 400 naming the problem (kserve's from_bytes
+    lets KeyError, TypeError and ValueError through as 500s)."""
 
     def __new__(cls, repository):
+        from kserve.errors import InvalidInput as KServeInvalidInput
         from kserve.protocol.dataplane import DataPlane
 
         class KServeDataPlane(DataPlane):
+            def decode_inference_request(self, body, headers, model_name):
+                if isinstance(body, bytes) and INFERENCE_HEADER in headers:
+                    inference_header_length(headers[INFERENCE_HEADER], len(body))
+                try:
+                    return super().decode_inference_request(body, headers, model_name)
+                except KServeInvalidInput:
+                    raise
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError, struct.error) as exc:
+                    raise KServeInvalidInput(unreadable_request(body, headers, exc)) from None
+
             async def model_metadata(self, model_name: str) -> dict:
                 metadata = await super().model_metadata(model_name)
                 current = getattr(self.get_model_from_registry(model_name), "current", None)
@@ -208,17 +287,93 @@ def json_request(body: bytes, model_name: str):
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
-        problems = exc.errors(include_url=False, include_input=False)
-        where = ".".join(str(part) for part in problems[0]["loc"])
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise KServeInvalidInput(
-            f"The request body is not a V2 inference request: {where + ': ' if where else ''}"
-            f"{problems[0]['msg']}{more}."
+            f"The request body is not a V2 inference request: {first_problem(exc)}."
         ) from None
     return InferRequest.from_inference_request(request, model_name)
 
 
-def binary_tensor_request(body: bytes, headers: dict, model_name: str):
+def first_problem(exc: ValidationError) -> str:
+    """Where pydantic's first problem is and what it is (`inputs.0.shape: Field required`)."""
+    problems = exc.errors(include_url=False, include_input=False)
+    where = ".".join(str(part) for part in problems[0]["loc"])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where + ': ' if where else ''}{problems[0]['msg']}{more}"
+
+
+def inference_header_length(value: str, body_length: int) -> int:
+    """The length of the JSON header that Inference-Header-Content-Length announces, or kserve's
+    InvalidInput (400) saying why it cannot be one."""
+    from kserve.errors import InvalidInput as KServeInvalidInput
+
+    shown = value if len(value) <= 24 else f"{value[:24]}..."
+    if not (value.isascii() and value.isdigit()):
+        raise KServeInvalidInput(
+            "Inference-Header-Content-Length must be the length in bytes of the request's JSON "
+            f"header, a whole number; it is {shown!r}."
+        )
+    if len(value) > len(str(body_length)) or int(value) > body_length:
+        raise KServeInvalidInput(
+            f"Inference-Header-Content-Length announces a JSON header of {shown} bytes; the whole "
+            f"request body has {body_length}."
+        )
+    return int(value)
+
+
+class _Parameters(TypedDict, total=False):
+    binary_data_size: Annotated[StrictInt, Field(ge=0)] | None
+
+
+class _Input(TypedDict):
+    name: StrictStr
+    shape: list[StrictInt]
+    datatype: StrictStr
+    parameters: NotRequired[_Parameters | None]
+    data: NotRequired[list | None]
+
+
+class _Output(TypedDict):
+    name: StrictStr
+    parameters: NotRequired[dict | None]
+
+
+class _BinaryHeader(TypedDict):
+    """The JSON header of a request with the binary tensor extension, as kserve's from_bytes reads it."""
+
+    id: NotRequired[StrictStr | None]
+    parameters: NotRequired[dict | None]
+    inputs: list[_Input]
+    outputs: NotRequired[list[_Output] | None]
+
+
+_BINARY_HEADER = TypeAdapter(_BinaryHeader)
+
+
+def unreadable_request(body, headers: dict, exc: Exception) -> str:
+    """Why kserve could not decode a V2 request (it raised `exc`), in a sentence."""
+    if isinstance(body, bytes) and INFERENCE_HEADER in headers:
+        try:
+            header = orjson.loads(body[: int(headers[INFERENCE_HEADER])])
+            _BINARY_HEADER.validate_python(header)
+        except orjson.JSONDecodeError:
+            return "The request's JSON header is not JSON."
+        except ValidationError as invalid:
+            if not isinstance(header, dict):
+                return "The request's JSON header is not a JSON object (a V2 inference request)."
+            return f"The request's JSON header is not a V2 inference request: {first_problem(invalid)}."
+        for number, tensor in enumerate(header["inputs"]):
+            if (
+                tensor.get("data") is None
+                and (tensor.get("parameters") or {}).get("binary_data_size") is None
+            ):
+                return (
+                    f"The request's JSON header is not a V2 inference request: inputs.{number} "
+                    "gives neither its values (data) nor their length in bytes (parameters.binary_data_size)."
+                )
+    return f"The request's tensors cannot be read as their datatypes and shapes say ({exc})."
+
+
+def binary_tensor_request(body: bytes, json_length: int, model_name: str):
     """kserve's InferRequest.from_bytes for a request whose inputs are all numeric binary tensors,
     without the copy of every value into a Python list that from_bytes makes (as_numpy turns it
     back into an array): the tensor keeps its bytes, read with numpy.frombuffer. 114 rows of 30
@@ -230,7 +385,6 @@ def binary_tensor_request(body: bytes, headers: dict, model_name: str):
     from issueops.serving.model import NUMPY_DTYPES
 
     try:
-        json_length = int(headers.get(INFERENCE_HEADER, ""))
         header = orjson.loads(body[:json_length])
         inputs = header["inputs"]
         sizes = [i["parameters"]["binary_data_size"] for i in inputs]

@@ -10,7 +10,9 @@ predictions, which load versions here, run beside clients.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,48 @@ NUMPY_DTYPES = {  # the V2 datatypes a served graph takes as numbers
     "INT8": np.int8,
     "UINT8": np.uint8,
 }
+# What a value written out in the request (JSON data, gRPC typed contents) may be, per datatype:
+# exactly these Python types, so that true is no 1, "1.5" no number and null no NaN.
+EXPLICIT_VALUES = {
+    **dict.fromkeys(("FP16", "FP32", "FP64"), ((int, float), "JSON numbers (NaN for a missing value)")),
+    **dict.fromkeys(("INT8", "INT32", "INT64", "UINT8"), ((int,), "JSON integers")),
+    "BOOL": ((bool,), "true or false"),
+    "BYTES": ((str, bytes), "strings"),
+}
+
+
+def explicit_array(name: str, values: list, shape: list[int], datatype: str) -> np.ndarray:
+    """The array of a tensor whose values are written out (V2 JSON `data`, flat or nested as its
+    shape; gRPC typed contents), or InvalidInput naming the first value that is not of its
+    datatype. Nothing is coerced: numpy would read true as 1 and "1.5" or null as numbers."""
+    if datatype not in EXPLICIT_VALUES:
+        raise InvalidInput(f"Input '{name}' has datatype {datatype}, which this endpoint does not take.")
+    kinds, what = EXPLICIT_VALUES[datatype]
+    leaves = values
+    if values and all(type(v) is list for v in values):  # the nested form: it must be the shape
+        leaves = [values]
+        for size in shape:
+            if not all(type(v) is list and len(v) == size for v in leaves):
+                raise InvalidInput(
+                    f"Input '{name}' has values that are neither one flat list nor nested as its "
+                    f"shape {shape}; give them in row-major order, either way."
+                )
+            leaves = [item for v in leaves for item in v]
+    if not set(map(type, leaves)) <= set(kinds):
+        index, value = next((i, v) for i, v in enumerate(leaves) if type(v) not in kinds)
+        try:
+            shown = json.dumps(value)[:40]
+        except (TypeError, ValueError):
+            shown = repr(value)[:40]
+        raise InvalidInput(f"Input '{name}' holds {shown} at value {index}; {datatype} values are {what}.")
+    if len(leaves) != math.prod(shape):
+        raise InvalidInput(
+            f"Input '{name}' holds {len(leaves)} values; its shape {shape} takes {math.prod(shape)}."
+        )
+    try:
+        return np.array(leaves, dtype=NUMPY_DTYPES.get(datatype, object)).reshape(shape)
+    except OverflowError:
+        raise InvalidInput(f"Input '{name}' holds a value out of range for {datatype}.") from None
 
 
 @dataclass
@@ -237,12 +281,16 @@ class LoadedVersion:
             if rows is not None and shape[0] != rows:
                 raise InvalidInput(f"Every input of model {self.model} must have the same number of rows.")
             rows = shape[0]
-            try:
-                array = tensor.as_numpy()
-            except Exception as exc:  # noqa: BLE001 - a data/shape mismatch in the payload
-                raise InvalidInput(
-                    f"Input '{name}' does not hold {shape} {spec.datatype} values: {exc}"
-                ) from None
+            values = getattr(tensor, "data", None)
+            if isinstance(values, list) and values:  # written out, not bytes: check every value
+                array = explicit_array(name, values, shape, spec.datatype)
+            else:
+                try:
+                    array = tensor.as_numpy()
+                except Exception as exc:  # noqa: BLE001 - a data/shape mismatch in the payload
+                    raise InvalidInput(
+                        f"Input '{name}' does not hold {shape} {spec.datatype} values: {exc}"
+                    ) from None
             if spec.datatype == "BYTES":
                 array = np.array(
                     [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.ravel()],

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
 import shutil
 import signal
@@ -188,6 +189,7 @@ def serve(
         raise InvalidInput(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}.")
     if not 1 <= max_request_mb <= MAX_REQUEST_MB:
         raise InvalidInput(f"--max-request-mb must be between 1 and {MAX_REQUEST_MB}, not {max_request_mb}.")
+    body_timeout_s = _body_timeout_s()
     check_port_free(host, port, "HTTP")
     check_port_free(host, grpc_port, "gRPC")
     endpoint = _Endpoint(
@@ -200,6 +202,7 @@ def serve(
         grpc_port,
         _listening_socket(host, port) if workers > 1 else None,
         max_request_mb << 20,
+        body_timeout_s,
     )
     parent, children = os.getpid(), []
     for _ in range(workers - 1):
@@ -224,6 +227,7 @@ class _Endpoint:
     grpc_port: int
     shared_socket: socket.socket | None
     max_request_bytes: int
+    body_timeout_s: float
 
 
 def _serve_worker(endpoint: _Endpoint, parent: int) -> None:
@@ -288,7 +292,7 @@ def _serve_process(
             )
         dataplane = endpoints.VersionedDataPlane(repository)
         extension = ModelRepositoryExtension(model_registry=repository)
-        rest = endpoints.rest_server(RESTServer, endpoint.max_request_bytes)(
+        rest = endpoints.rest_server(RESTServer, endpoint.max_request_bytes, endpoint.body_timeout_s)(
             "kserve.model_server:app", dataplane, extension, port, grace_period=2
         )
         rest.config.host = host
@@ -336,6 +340,23 @@ def _serve_process(
                 await current.batcher.close()
 
     _run(main())
+
+
+def _body_timeout_s() -> float:
+    """How long a request body may take to arrive (ISSUEOPS_SERVE_BODY_TIMEOUT_S), checked before
+    anything listens."""
+    from issueops.serving.endpoints import BODY_TIMEOUT_S
+
+    value = os.environ.get("ISSUEOPS_SERVE_BODY_TIMEOUT_S", "").strip()
+    try:
+        seconds = float(value) if value else BODY_TIMEOUT_S
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise InvalidInput(
+            f"ISSUEOPS_SERVE_BODY_TIMEOUT_S must be a number of seconds above 0, not {value!r}."
+        )
+    return seconds
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
