@@ -445,7 +445,7 @@ def check_hyperparameters(algorithm: Algorithm, params: Any) -> tuple[dict[str, 
         param = algorithm.param(str(key))
         if param is None:
             problems.append(
-                f"hyperparameter '{key!s:.60}' is not known for {algorithm.name}; "
+                f"hyperparameter {str(key)[:60]!r} is not known for {algorithm.name}; "
                 f"allowed: {', '.join(algorithm.param_names)}."
             )
             continue

@@ -122,10 +122,10 @@ async def validate_spec(body: SpecBody, ctx: Context, check_data: bool = True) -
     shared = _shared(ctx)
 
     def validate() -> TrainingSpec:
-        spec = parse_issue_body(body)
-        if check_data:
+        def check_inputs(spec: TrainingSpec) -> None:
             preflight(spec, shared.settings, shared.store)
-        return spec
+
+        return parse_issue_body(body, check_inputs=check_inputs if check_data else None)
 
     return await _offload(validate)
 

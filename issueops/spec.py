@@ -5,24 +5,30 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
+from difflib import get_close_matches
 from typing import Any
 
 import yaml
 
 from issueops.algorithms import (
     ALGORITHMS,
+    DEFAULT_METRIC,
     LEARNING_TYPES,
     METRICS,
     TASK_METRICS,
+    TASK_TYPES,
     Algorithm,
     algorithms_for,
     check_hyperparameters,
 )
-from issueops.errors import SpecError
+from issueops.errors import InvalidInput, SpecError
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_YAML_NODES = 2000
+MAX_YAML_DEPTH = 20  # a spec nests 3 deep; PyYAML's composer recurses
+MAX_NUMBER_CHARS = 100  # longer than any field's range; Python refuses ints over 4,300 digits
 MAX_RETRY_LIMIT = 10
 SPEC_FIELDS = (
     "learning_type",
@@ -41,8 +47,9 @@ SPEC_FIELDS = (
     "test_size",
     "validation_size",
 )
-_FENCE = re.compile(r"```[ \t]*(yaml|yml|json)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# One run of blanks before the newline: `[ \t]*(yaml)?[ \t]*` backtracks quadratically on a long one.
+_FENCE = re.compile(r"```[ \t]*(?:(yaml|yml|json)[ \t]*)?\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,18 @@ class TrainingSpec:
         return replace(self, hyperparameters={**self.hyperparameters, **canonical})
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """A document that is valid YAML but past one of the spec reader's limits."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases (no expansion bombs) and with a node budget."""
+    """Safe YAML with limits: no anchors/aliases (no expansion bombs) or merge keys, no key given
+    twice, a node budget, a nesting depth and a number length; a value a constructor cannot read
+    is a YAML error with its line, never another exception."""
+
+    _nodes = 0
+    _depth = 0
+    lines_before = 0  # where the text starts in the issue body
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         if self.check_event(yaml.AliasEvent):
@@ -94,47 +111,123 @@ class _StrictLoader(yaml.SafeLoader):
         event = self.peek_event()
         if getattr(event, "anchor", None):
             raise yaml.YAMLError("YAML anchors (&name) are not allowed in a training spec")
-        self._nodes = getattr(self, "_nodes", 0) + 1
+        self._nodes += 1
         if self._nodes > MAX_YAML_NODES:
-            raise yaml.YAMLError(f"the document has more than {MAX_YAML_NODES} values")
-        return super().compose_node(parent, index)
+            raise _Refused(problem=f"it has more than {MAX_YAML_NODES} values", problem_mark=event.start_mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(
+                problem=f"it nests deeper than {MAX_YAML_DEPTH} levels", problem_mark=event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def fetch_flow_collection_start(self, token_class):  # noqa: ANN001 - PyYAML's signature
+        # The scanner looks ahead over every open bracket for a simple key: stop it early too.
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise _Refused(
+                problem=f"it nests deeper than {MAX_YAML_DEPTH} levels", problem_mark=self.get_mark()
+            )
+        super().fetch_flow_collection_start(token_class)
+
+    def construct_object(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:  # PyYAML's constructors raise ValueError, IndexError... on odd scalars
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(node.value)[:40]!r} cannot be read as {kind}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _Refused(
+                        problem="merge keys (<<) are not allowed", problem_mark=key_node.start_mark
+                    )
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue  # PyYAML names the unhashable key
+                if key in first_line:
+                    raise _Refused(
+                        problem=f"the key {str(key)[:60]!r} is given twice (first on line {first_line[key]})",
+                        problem_mark=key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line + 1 + self.lines_before
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):  # noqa: ANN001 - PyYAML's signature
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise _Refused(
+                problem=f"a number of {len(node.value)} characters is too long (at most {MAX_NUMBER_CHARS})",
+                problem_mark=node.start_mark,
+            )
+        return super().construct_yaml_int(node)
 
 
-def load_yaml(text: str, *, what: str = "spec") -> Any:
-    """Parse YAML or JSON safely; raise SpecError with a short sentence on any problem."""
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def load_yaml(text: str, *, what: str = "spec", lines_before: int = 0) -> Any:
+    """Parse YAML or JSON safely; raise SpecError with a short sentence on any problem. Lines are
+    counted from the issue body's start: `lines_before` is where `text` starts in it."""
     if len(text.encode("utf-8", "replace")) > MAX_BODY_BYTES:
         raise SpecError(
             f"The {what} is {len(text.encode('utf-8', 'replace')) // 1024} KiB; "
             f"the limit is {MAX_BODY_BYTES // 1024} KiB."
         )
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        loader = _StrictLoader(text)
+        loader.lines_before = lines_before
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
+        line = f" (line {where.line + 1 + lines_before})" if where is not None else ""
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, _Refused):
+            raise SpecError(f"The {what} cannot be used{line}: {reason}.") from None
         raise SpecError(f"The {what} is not valid YAML or JSON{line}: {reason}.") from None
+
+
+def _key_line(key: str) -> re.Pattern[str]:
+    """`key:` at the start of a line. Blanks are `[ \\t]*`, not `\\s*`: a scan that may cross line
+    ends is quadratic on a body of blank lines."""
+    return re.compile(rf"^[ \t]*\"?{re.escape(key)}\"?[ \t]*:", re.MULTILINE)
+
+
+def has_key_line(text: str, key: str) -> bool:
+    """Whether `text` has a line starting with `key:` (a linear scan)."""
+    return _key_line(key).search(text) is not None
 
 
 def extract_document(body: str, *, key: str = "learning_type") -> Any:
     """The spec inside an issue body: a fenced block that holds `key`, else the whole body."""
-    if body is None or not body.strip():
+    if not isinstance(body, str) or not body.strip():
         raise SpecError("The issue body is empty; it must hold a training spec in YAML.")
     if len(body.encode("utf-8", "replace")) > MAX_BODY_BYTES:
         raise SpecError(
             f"The issue body is {len(body.encode('utf-8', 'replace')) // 1024} KiB; "
             f"the limit is {MAX_BODY_BYTES // 1024} KiB."
         )
-    blocks = [m.group(2) for m in _FENCE.finditer(body)]
-    for block in blocks:
-        if re.search(rf"^\s*\"?{key}\"?\s*:", block, re.MULTILINE):
-            return load_yaml(block)
-    if blocks and not re.search(rf"^\s*\"?{key}\"?\s*:", body, re.MULTILINE):
+    blocks = [(m.group(2), body.count("\n", 0, m.start(2))) for m in _FENCE.finditer(body)]
+    for block, lines_before in blocks:
+        if has_key_line(block, key):
+            return load_yaml(block, lines_before=lines_before)
+    if blocks and not has_key_line(body, key):
         raise SpecError(f"No fenced block in the issue body contains '{key}:'.")
     try:
         doc = load_yaml(body)
     except SpecError:
-        if not re.search(rf"^\s*\"?{key}\"?\s*:", body, re.MULTILINE):
+        if key not in body:  # prose, not a spec that fails to parse
             raise SpecError(
                 f"No training spec found: put the YAML (starting with '{key}:') in the issue body "
                 "or in a ```yaml block."
@@ -148,13 +241,23 @@ def extract_document(body: str, *, key: str = "learning_type") -> Any:
     return doc
 
 
-def parse_issue_body(body: str) -> TrainingSpec:
-    """Issue body (bare YAML, JSON, or a fenced block in markdown) → validated spec."""
-    return validate_spec(extract_document(body))
+InputCheck = Callable[[TrainingSpec], None]
 
 
-def validate_spec(doc: Any) -> TrainingSpec:
-    """Check every field, collecting all problems before raising one SpecError."""
+def parse_issue_body(body: str, *, check_inputs: InputCheck | None = None) -> TrainingSpec:
+    """Issue body (bare YAML, JSON, or a fenced block in markdown) → validated spec.
+
+    `check_inputs` (the dataset or environment check) runs as part of validation, so its problems
+    come in the same answer as every other field's."""
+    return validate_spec(extract_document(body), check_inputs=check_inputs)
+
+
+def validate_spec(doc: Any, *, check_inputs: InputCheck | None = None) -> TrainingSpec:
+    """Check every field, collecting all problems before raising one SpecError.
+
+    A field that cannot be used is reported and replaced by its default, so the fields after it are
+    still checked; a misspelt algorithm is checked as the one it is closest to. `check_inputs` runs
+    when the fields it needs (learning type, dataset or environment) are sound."""
     if not isinstance(doc, dict):
         raise SpecError("The training spec must be a mapping of field: value.")
     problems: list[str] = []
@@ -171,118 +274,146 @@ def validate_spec(doc: Any) -> TrainingSpec:
             "learning_type is required and must be one of "
             f"{', '.join(LEARNING_TYPES)}" + (f", got {learning_type!r:.40}." if learning_type else ".")
         )
-        raise SpecError(problems[0], problems=problems)
+        learning_type = None
+    algo = _algorithm(doc.get("algorithm"), learning_type, problems)
+    if learning_type is None and algo is not None:
+        learning_type = algo.learning_type  # the rest is checked as the algorithm's learning type
+    # The algorithm the defaults come from: the given one, else the learning type's first.
+    basis = algo or (ALGORITHMS[algorithms_for(learning_type)[0]] if learning_type else None)
 
-    algo_name = doc.get("algorithm")
-    allowed = algorithms_for(learning_type)
-    if not isinstance(algo_name, str) or algo_name.lower() not in allowed:
-        problems.append(
-            f"algorithm {algo_name!r:.40} is not available for {learning_type} learning; "
-            f"choose one of: {', '.join(allowed)}."
-            if algo_name
-            else f"algorithm is required; choose one of: {', '.join(allowed)}."
-        )
-        raise SpecError(problems[0], problems=problems)
-    algo = ALGORITHMS[algo_name.lower()]
+    task_type = doc.get("task_type")
+    if basis is not None:
+        fitting = algo.task_types if algo else _task_types(learning_type)
+        if not task_type:
+            task_type = basis.task_types[0]
+        elif task_type not in fitting:
+            problems.append(
+                f"task_type {task_type!r:.40} does not fit {algo.name if algo else learning_type}; "
+                f"use {' or '.join(fitting)}."
+            )
+            task_type = basis.task_types[0]
+    elif task_type is not None and task_type not in TASK_TYPES:
+        problems.append(f"task_type {task_type!r:.40} is not one of {', '.join(TASK_TYPES)}.")
+        task_type = None
 
-    task_type = doc.get("task_type") or algo.task_types[0]
-    if task_type not in algo.task_types:
-        problems.append(
-            f"task_type {task_type!r:.40} does not fit {algo.name}; use {' or '.join(algo.task_types)}."
-        )
-        task_type = algo.task_types[0]
+    hyperparameters: dict[str, Any] = {}
+    if algo is not None:
+        hyperparameters, hp_problems = check_hyperparameters(algo, doc.get("hyperparameters"))
+        problems += hp_problems
+    elif not isinstance(doc.get("hyperparameters"), (dict, type(None))):
+        problems.append("hyperparameters must be a mapping of name: value.")
 
-    hyperparameters, hp_problems = check_hyperparameters(algo, doc.get("hyperparameters"))
-    problems += hp_problems
-
-    metric = doc.get("evaluation_metric") or algo.metric_for(task_type)
-    if metric not in TASK_METRICS[task_type]:
-        problems.append(
-            f"evaluation_metric {metric!r:.40} does not apply to {task_type}; "
-            f"choose one of: {', '.join(TASK_METRICS[task_type])}."
-        )
-        metric = algo.metric_for(task_type)
+    metric = doc.get("evaluation_metric")
+    if task_type is not None:
+        default_metric = basis.metric_for(task_type) if basis else DEFAULT_METRIC[task_type]
+        if not metric:
+            metric = default_metric
+        elif metric not in TASK_METRICS[task_type]:
+            problems.append(
+                f"evaluation_metric {metric!r:.40} does not apply to {task_type}; "
+                f"choose one of: {', '.join(TASK_METRICS[task_type])}."
+            )
+            metric = default_metric
+    elif metric is not None and metric not in tuple(METRICS):
+        problems.append(f"evaluation_metric {metric!r:.40} is not one of {', '.join(METRICS)}.")
+        metric = None
 
     threshold = doc.get("evaluation_threshold")
     if threshold is not None:
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not math.isfinite(threshold)
-        ):
-            problems.append(f"evaluation_threshold must be a number, got {threshold!r:.40}.")
-            threshold = None
-        else:
+        value = _finite_number(threshold)
+        if value is None:
+            problems.append(f"evaluation_threshold must be a finite number, got {threshold!r:.40}.")
+        elif metric is not None:
             m = METRICS[metric]
             low, high = m.lower_bound, m.upper_bound
-            if (low is not None and threshold < low) or (high is not None and threshold > high):
+            if (low is not None and value < low) or (high is not None and value > high):
                 bounds = (
                     f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
                 )
-                problems.append(
-                    f"evaluation_threshold {threshold:g} is outside {bounds}, the range of {metric}."
-                )
-            threshold = float(threshold)
+                problems.append(f"evaluation_threshold {value:g} is outside {bounds}, the range of {metric}.")
+        threshold = value
 
     max_retry = doc.get("max_retry", 3)
-    if not isinstance(max_retry, int) or isinstance(max_retry, bool) or not 0 <= max_retry <= MAX_RETRY_LIMIT:
+    if not _is_int(max_retry) or not 0 <= max_retry <= MAX_RETRY_LIMIT:
         problems.append(f"max_retry must be an integer from 0 to {MAX_RETRY_LIMIT}, got {max_retry!r:.40}.")
         max_retry = 3
 
     dataset_id, environment, target = doc.get("dataset_id"), doc.get("environment"), doc.get("target")
+    inputs_sound = learning_type is not None
     if learning_type == "reinforcement":
         if not isinstance(environment, str) or not environment.strip():
             problems.append("environment is required for reinforcement learning, e.g. CartPole-v1.")
-        elif not re.fullmatch(r"[A-Za-z0-9_/.:-]{1,100}", environment):
+            inputs_sound = False
+        elif not _ENVIRONMENT.fullmatch(environment):
             problems.append(f"environment {environment!r:.60} is not a valid Gymnasium id.")
+            inputs_sound = False
         if dataset_id is not None:
             problems.append("dataset_id does not apply to reinforcement learning; give environment.")
     else:
-        if not isinstance(dataset_id, str) or not dataset_id.strip():
+        if dataset_id is None and learning_type is not None:
             problems.append(
                 "dataset_id is required, e.g. sklearn:iris, an id under datasets/, or a file path."
             )
-        elif len(dataset_id) > 1024 or "\x00" in dataset_id:
-            problems.append("dataset_id is too long or contains control characters.")
-        if environment is not None:
+            inputs_sound = False
+        elif dataset_id is not None and (
+            not isinstance(dataset_id, str) or not dataset_id.strip() or len(dataset_id) > 1024
+        ):
+            problems.append(
+                "dataset_id must be sklearn:<name>, an id under datasets/, or a file path "
+                f"(1 to 1024 characters), got {dataset_id!r:.40}."
+            )
+            inputs_sound = False
+        elif dataset_id is not None and not dataset_id.isprintable():
+            problems.append(f"dataset_id {dataset_id!r:.60} contains control characters or terminal escapes.")
+            inputs_sound = False
+        if environment is not None and learning_type is not None:
             problems.append(f"environment applies only to reinforcement learning, not {learning_type}.")
-    if target is not None and (not isinstance(target, str) or not 0 < len(target) <= 200):
-        problems.append(f"target must be a column name, got {target!r:.40}.")
-    if target is not None and learning_type != "supervised":
-        problems.append("target applies only to supervised learning.")
+    if target is not None:
+        if not isinstance(target, str) or not 0 < len(target) <= 200:
+            problems.append(f"target must be a column name, got {target!r:.40}.")
+            target = None
+        elif not target.isprintable():
+            problems.append(f"target {target!r:.60} contains control characters or terminal escapes.")
+            target = None
+        elif learning_type not in (None, "supervised"):
+            problems.append("target applies only to supervised learning.")
+            target = None
 
     model_name = doc.get("model_name")
-    if model_name is not None and (not isinstance(model_name, str) or not _NAME.match(model_name)):
+    if model_name is not None and (not isinstance(model_name, str) or not _NAME.fullmatch(model_name)):
         problems.append(
             "model_name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit."
         )
+        model_name = None
 
     manual = doc.get("manual_approval", False)
     if not isinstance(manual, bool):
         problems.append(f"manual_approval must be true or false, got {manual!r:.40}.")
+        manual = False
     seed = doc.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
-        problems.append(f"seed must be a non-negative integer, got {seed!r:.40}.")
+    if not _is_int(seed) or not 0 <= seed < 2**31:
+        problems.append(f"seed must be an integer from 0 to {2**31 - 1}, got {seed!r:.40}.")
+        seed = 42
     sizes = {}
     for name, default in (("test_size", 0.2), ("validation_size", 0.1)):
-        value = doc.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 0.9:
-            problems.append(f"{name} must be a fraction between 0 and 0.9, got {value!r:.40}.")
+        value = _finite_number(doc.get(name, default))
+        if value is None or not 0 < value < 0.9:
+            problems.append(f"{name} must be a fraction between 0 and 0.9, got {doc.get(name)!r:.40}.")
             value = default
-        sizes[name] = float(value)
+        sizes[name] = value
     if sizes["test_size"] + sizes["validation_size"] >= 0.9:
         problems.append("test_size + validation_size must leave at least 10% of rows for training.")
 
-    if problems:
+    if basis is None:
         raise SpecError(problems[0], problems=problems)
-    return TrainingSpec(
+    spec = TrainingSpec(
         learning_type=learning_type,
-        algorithm=algo.name,
+        algorithm=basis.name,
         task_type=task_type,
         evaluation_metric=metric,
-        dataset_id=dataset_id.strip() if dataset_id else None,
+        dataset_id=dataset_id.strip() if inputs_sound and dataset_id else None,
         target=target,
-        environment=environment,
+        environment=environment if inputs_sound else None,
         hyperparameters=hyperparameters,
         evaluation_threshold=threshold,
         max_retry=max_retry,
@@ -292,3 +423,52 @@ def validate_spec(doc: Any) -> TrainingSpec:
         test_size=sizes["test_size"],
         validation_size=sizes["validation_size"],
     )
+    if check_inputs is not None and inputs_sound:
+        try:
+            check_inputs(spec)
+        except InvalidInput as error:
+            problems += error.problems
+    if problems:
+        raise SpecError(problems[0], problems=problems)
+    return spec
+
+
+_ENVIRONMENT = re.compile(r"[A-Za-z0-9_/.:-]{1,100}")
+
+
+def _algorithm(name: Any, learning_type: str | None, problems: list[str]) -> Algorithm | None:
+    """The algorithm `name` stands for; a problem when it is not one, and the closest match to
+    check the rest of the spec with when it is a misspelling."""
+    allowed = algorithms_for(learning_type) if learning_type else list(ALGORITHMS)
+    where = f" for {learning_type} learning" if learning_type else ""
+    if name is None or name == "":
+        problems.append(f"algorithm is required; choose one of: {', '.join(allowed)}.")
+        return None
+    key = name.lower() if isinstance(name, str) else None
+    if key in allowed:
+        return ALGORITHMS[key]
+    close = get_close_matches(key, allowed, n=1, cutoff=0.75) if key and len(key) <= 40 else []
+    hint = f"did you mean {close[0]}? " if close else ""
+    problems.append(
+        f"algorithm {name!r:.40} is not available{where}; {hint}choose one of: {', '.join(allowed)}."
+    )
+    return ALGORITHMS[close[0]] if close else None
+
+
+def _task_types(learning_type: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t for a in algorithms_for(learning_type) for t in ALGORITHMS[a].task_types))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_number(value: Any) -> float | None:
+    """`value` as a float when it is a finite number (not a bool, not too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

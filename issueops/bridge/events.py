@@ -8,18 +8,18 @@ one of the commands /retrain /approve /rollback [version] /cancel /status.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from issueops.bridge.messages import is_own_comment
 from issueops.errors import SpecError
-from issueops.spec import extract_document
+from issueops.spec import extract_document, has_key_line
 
 TRAIN_LABEL = "mlops:train"
 _COMMAND = re.compile(
     r"^[ \t]*/(retrain|approve|rollback|cancel|status)\b[ \t]*([^\n]*)$", re.MULTILINE | re.IGNORECASE
 )
-_VERSION = re.compile(r"^v?(\d{1,9})$")
+_VERSION = re.compile(r"v?([0-9]{1,9})")
 INPUT_KEY = "adjusted_hyperparameters"
 
 
@@ -32,7 +32,7 @@ class Intent:
     issue: int = 0
     sender: str = ""
     reason: str = ""
-    body: str = ""  # the issue body, for a request
+    body: str = ""  # the text still to read: a request's issue body, or a comment's YAML input
     action: str = ""  # the input's action
     adjusted: dict[str, Any] | None = None
     version: str | None = None
@@ -44,26 +44,70 @@ def ignore(reason: str, **known: Any) -> Intent:
     return Intent("ignore", reason=reason, **known)
 
 
+class _Malformed(ValueError):
+    """A payload field without GitHub's type: the delivery is ignored, with the reason."""
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Malformed(f"{where} is not an object")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Malformed(f"{where} is not a string")
+    return value
+
+
+def _number(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise _Malformed(f"{where} is not a positive integer")
+    return value
+
+
 def label_names(issue: dict[str, Any]) -> list[str]:
+    labels = issue.get("labels") or []
+    if not isinstance(labels, list):
+        raise _Malformed("issue.labels is not a list")
     return [
-        (label.get("name") if isinstance(label, dict) else str(label)) for label in issue.get("labels") or []
+        _text(label.get("name"), "a label's name") if isinstance(label, dict) else _text(label, "a label")
+        for label in labels
     ]
 
 
 def interpret(event: str, payload: dict[str, Any], *, label: str = TRAIN_LABEL) -> Intent:
-    issue = payload.get("issue") or {}
-    repository = (payload.get("repository") or {}).get("full_name", "")
-    sender = payload.get("sender") or {}
+    """What a delivery asks for. Comments are only scanned here (linear, no YAML): their input is
+    read by `read_adjusted` once their author is known to be allowed to steer."""
+    try:
+        return _interpret(event, payload, label)
+    except _Malformed as problem:
+        return ignore(f"malformed payload: {problem}")
+
+
+def _interpret(event: str, payload: Any, label: str) -> Intent:
+    payload = _object(payload, "the payload")
+    issue = _object(payload.get("issue"), "issue")
+    sender = _object(payload.get("sender"), "sender")
+    number = _number(issue.get("number"), "issue.number")
     known = {
-        "repository": repository,
-        "issue": int(issue.get("number") or 0),
-        "sender": sender.get("login", ""),
+        "repository": _text(
+            _object(payload.get("repository"), "repository").get("full_name"), "repository.full_name"
+        ),
+        "issue": number or 0,
+        "sender": _text(sender.get("login"), "sender.login"),
     }
-    if not issue.get("number"):
+    if not number:
         return ignore("no issue in the payload", **known)
     if issue.get("pull_request"):
         return ignore("pull requests are not training requests", **known)
-    action = payload.get("action")
+    action = _text(payload.get("action"), "action")
     if event == "issues":
         return _issue_intent(action, payload, issue, label, known)
     if event == "issue_comment":
@@ -73,44 +117,37 @@ def interpret(event: str, payload: dict[str, Any], *, label: str = TRAIN_LABEL) 
 
 def _issue_intent(action, payload, issue, label, known) -> Intent:
     if action not in ("opened", "labeled", "edited", "reopened"):
-        return ignore(f"issues.{action} does not start training", **known)
+        return ignore(f"issues.{action[:40]} does not start training", **known)
     if label not in label_names(issue):
         return ignore(f"the issue has no {label} label", **known)
-    if action == "labeled" and (payload.get("label") or {}).get("name") != label:
+    added = _text(_object(payload.get("label"), "label").get("name"), "label.name")
+    if action == "labeled" and added != label:
         return ignore(f"another label than {label} was added", **known)
-    if action == "edited" and "body" not in (payload.get("changes") or {}):
+    if action == "edited" and "body" not in _object(payload.get("changes"), "changes"):
         return ignore("only the title changed", **known)
-    if issue.get("state") == "closed":
+    if _text(issue.get("state"), "issue.state") == "closed":
         return ignore("the issue is closed", **known)
-    return Intent("request", body=issue.get("body") or "", reason=f"issues.{action}", **known)
+    return Intent("request", body=_text(issue.get("body"), "issue.body"), reason=f"issues.{action}", **known)
 
 
 def _comment_intent(action, payload, sender, known) -> Intent:
     if action != "created":
-        return ignore(f"issue_comment.{action} carries no new input", **known)
-    comment = payload.get("comment") or {}
-    body = comment.get("body") or ""
-    if is_own_comment(body) or sender.get("type") == "Bot":
+        return ignore(f"issue_comment.{action[:40]} carries no new input", **known)
+    comment = _object(payload.get("comment"), "comment")
+    body = _text(comment.get("body"), "comment.body")
+    if is_own_comment(body) or _text(sender.get("type"), "sender.type") == "Bot":
         return ignore("a comment of ours (or another bot)", **known)
-    return read_input(body, comment_id=comment.get("id"), **known)
+    return scan_input(body, comment_id=_number(comment.get("id"), "comment.id"), **known)
 
 
-def read_input(body: str, *, comment_id: int | None = None, **known: Any) -> Intent:
-    """A comment's operator input; `problems` set when it tries but cannot be read."""
+def scan_input(body: str, *, comment_id: int | None = None, **known: Any) -> Intent:
+    """What a comment asks for, from a linear scan of its lines: a command, and whether it carries
+    adjusted_hyperparameters (kept in `body`, not read yet)."""
     command = _COMMAND.search(body)
     action, argument = (command.group(1).lower(), command.group(2).strip()) if command else ("", "")
-    adjusted, problems = None, []
-    if re.search(rf"^\s*\"?{INPUT_KEY}\"?\s*:", body, re.MULTILINE):
-        try:
-            doc = extract_document(_without_commands(body), key=INPUT_KEY)
-        except SpecError as error:
-            problems = list(error.problems)
-        else:
-            value = doc.get(INPUT_KEY) if isinstance(doc, dict) else None
-            if not isinstance(value, dict) or not value:
-                problems = [f"{INPUT_KEY} must be a mapping of hyperparameter: value."]
-            else:
-                adjusted = value
+    problems: list[str] = []
+    carries_input = has_key_line(body, INPUT_KEY)
+    if carries_input:
         if action and action != "retrain":
             problems.append(f"{INPUT_KEY} goes with /retrain (or alone), not with /{action}.")
         action = "retrain"
@@ -118,7 +155,7 @@ def read_input(body: str, *, comment_id: int | None = None, **known: Any) -> Int
         return ignore("no command and no adjusted_hyperparameters", comment_id=comment_id, **known)
     version = None
     if action in ("approve", "rollback") and argument:
-        match = _VERSION.match(argument.split()[0])
+        match = _VERSION.fullmatch(argument.split()[0])
         if match is None:
             problems.append(f"/{action} takes a version number, e.g. /{action} 3; got {argument[:40]!r}.")
         else:
@@ -126,13 +163,36 @@ def read_input(body: str, *, comment_id: int | None = None, **known: Any) -> Int
     return Intent(
         "input",
         action=action,
-        adjusted=adjusted,
+        body=body if carries_input else "",
         version=version,
         comment_id=comment_id,
         problems=problems,
         reason=f"/{action}",
         **known,
     )
+
+
+def read_adjusted(intent: Intent) -> Intent:
+    """The input with its adjusted_hyperparameters read: the YAML parse, for an allowed author only."""
+    if intent.kind != "input" or not intent.body:
+        return intent
+    adjusted, problems = None, []
+    try:
+        doc = extract_document(_without_commands(intent.body), key=INPUT_KEY)
+    except SpecError as error:
+        problems = list(error.problems)
+    else:
+        value = doc.get(INPUT_KEY) if isinstance(doc, dict) else None
+        if not isinstance(value, dict) or not value:
+            problems = [f"{INPUT_KEY} must be a mapping of hyperparameter: value."]
+        else:
+            adjusted = value
+    return replace(intent, adjusted=adjusted, problems=problems + intent.problems)
+
+
+def read_input(body: str, *, comment_id: int | None = None, **known: Any) -> Intent:
+    """A comment's operator input, read in full; `problems` set when it tries but cannot be read."""
+    return read_adjusted(scan_input(body, comment_id=comment_id, **known))
 
 
 def _without_commands(body: str) -> str:

@@ -89,7 +89,7 @@ class Inbox:
         for ident, event, payload in rows:
             try:
                 data = json.loads(payload)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 self.finish(ident, FAILED, "payload is not JSON")
                 continue
             out.append(Delivery(ident, event, data))

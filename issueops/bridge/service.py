@@ -17,7 +17,7 @@ from typing import Protocol
 
 from issueops.bridge import messages
 from issueops.bridge.controller import RequestController
-from issueops.bridge.events import TRAIN_LABEL, Intent, interpret
+from issueops.bridge.events import TRAIN_LABEL, Intent, interpret, read_adjusted
 from issueops.bridge.inbox import DONE, FAILED, Delivery, Inbox
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError
@@ -210,9 +210,8 @@ class Bridge:
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, "start training with the label")
             return f"{intent.sender} may not start training"
-        try:
-            spec = parse_issue_body(intent.body)
-            self.book.check(spec)
+        try:  # parsed only now that the sender may steer, on the worker's thread
+            spec = parse_issue_body(intent.body, check_inputs=self.book.check)
         except InvalidInput as error:
             self._reply(client, intent.issue, messages.spec_rejected(error.problems))
             return "spec rejected: " + "; ".join(error.problems)
@@ -230,6 +229,7 @@ class Bridge:
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, f"use /{intent.action} or steer a run")
             return f"{intent.sender} may not steer"
+        intent = read_adjusted(intent)  # the comment's YAML, read only for someone who may steer
         if intent.problems:
             self._reply(client, intent.issue, messages.input_rejected(request, intent.problems))
             return "input rejected: " + "; ".join(intent.problems)

@@ -81,6 +81,8 @@ def make_app(
             payload = json.loads(body)
         except ValueError:
             return _answer(400, "the payload is not JSON")
+        except RecursionError:  # json's decoder recurses once per level
+            return _answer(400, "the payload nests too deeply")
         if not isinstance(payload, dict):
             return _answer(400, "the payload is not a JSON object")
         if not inbox.accept(delivery, event, body):

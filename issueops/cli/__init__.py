@@ -116,14 +116,18 @@ def read_body(path: str) -> str:
 def cmd_validate(args) -> int:
     from issueops.spec import parse_issue_body
 
-    spec = parse_issue_body(read_body(args.file))
+    check_inputs = None
     if not args.spec_only:
         from issueops.config import Settings
         from issueops.execution import preflight
         from issueops.store import open_store
 
         settings = Settings.from_env()
-        preflight(spec, settings, open_store(settings))
+
+        def check_inputs(spec) -> None:
+            preflight(spec, settings, open_store(settings))
+
+    spec = parse_issue_body(read_body(args.file), check_inputs=check_inputs)
     print(
         spec.to_json()
         if args.json
