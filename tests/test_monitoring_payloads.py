@@ -265,7 +265,10 @@ def test_kserve_logger_posts_become_the_same_stored_events(tmp_path):
     ]
     assert received[0]["namespace"] == "models" and received[0]["source"] == "http://localhost:9081/"
     assert received[1]["modelversion"] == "2"  # from the V2 response's model_version
-    write_events(store, received)
+    receiver = PayloadLogger(store)  # a receiver batches what it is sent, as serve does
+    assert receiver.log_events(received[:1]) and receiver.log_events(received[1:])
+    receiver.close()
+    assert receiver.stats.logged == 2 and len(store.list("monitoring/churn/2")) == 1
     log = read_inference_log(store, "churn", 2, feature_columns=COLUMNS)
     assert log.rows == 2 and set(log.keys["request_id"]) == {"abc"}
     assert log.keys["time"].iloc[0] == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)

@@ -304,7 +304,7 @@ def _event_time(event: Mapping[str, Any]) -> datetime | None:
 class PayloadLogStats:
     """What the logger did with the inferences it was given."""
 
-    logged: int = 0  # inferences written to the store
+    logged: int = 0  # inferences written to the store (for log_events: the batches of events given)
     sampled_out: int = 0  # left out by the sample rate
     dropped: int = 0  # the queue was full (the store is slower than the traffic)
     failed: int = 0  # written but the store refused them (lost, counted)
@@ -322,6 +322,11 @@ class _Inference:
     response: Mapping[str, Any]
     request_id: str | None
     time: datetime
+
+
+@dataclass
+class _Events:
+    events: list[dict[str, Any]]
 
 
 @dataclass
@@ -405,6 +410,21 @@ class PayloadLogger:
             return False
         return True
 
+    def log_events(self, events: Sequence[Mapping[str, Any]]) -> bool:
+        """Queue events already in the stored form (a receiver's events_from_http); no sampling,
+        the sender sampled. False, and counted as dropped, when the queue is full."""
+        if self._closed or not events:
+            return False
+        if self._thread is None:
+            self.start()
+        try:
+            self._queue.put_nowait(_Events([dict(e) for e in events]))
+        except queue.Full:
+            with self._lock:
+                self.stats.dropped += 1
+            return False
+        return True
+
     def start(self) -> None:
         with self._lock:
             if self._thread is None:
@@ -439,14 +459,14 @@ class PayloadLogger:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        batch: list[_Inference] = []
+        batch: list[_Inference | _Events] = []
         deadline = _time.monotonic() + self.flush_interval_s
         while True:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - _time.monotonic()))
             except queue.Empty:
                 item = None
-            if isinstance(item, _Inference):
+            if isinstance(item, (_Inference, _Events)):
                 batch.append(item)
             due = _time.monotonic() >= deadline
             if batch and (len(batch) >= self.batch_size or due or item is _STOP or isinstance(item, _Flush)):
@@ -459,9 +479,12 @@ class PayloadLogger:
             if item is _STOP:
                 return
 
-    def _write(self, batch: list[_Inference]) -> None:
+    def _write(self, batch: list[_Inference | _Events]) -> None:
         events: list[dict[str, Any]] = []
         for item in batch:
+            if isinstance(item, _Events):
+                events.extend(item.events)
+                continue
             events.extend(
                 inference_events(
                     item.model,
