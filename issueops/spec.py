@@ -46,10 +46,16 @@ SPEC_FIELDS = (
     "seed",
     "test_size",
     "validation_size",
+    "retrain_every",
+    "max_regression",
 )
 # One run of blanks before the newline: `[ \t]*(yaml)?[ \t]*` backtracks quadratically on a long one.
 _FENCE = re.compile(r"```[ \t]*(?:(yaml|yml|json)[ \t]*)?\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# retrain_every: whole hours, days or weeks, from 1h to a year.
+_RETRAIN_EVERY = re.compile(r"([1-9][0-9]{0,3})([hdw])")
+_RETRAIN_UNIT_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_RETRAIN_EVERY_S = 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class TrainingSpec:
     seed: int = 42
     test_size: float = 0.2
     validation_size: float = 0.1
+    retrain_every: str | None = None  # propose a retrain this long after a version went to production
+    max_regression: float | None = None  # how much worse than production a new version may be (0)
 
     @property
     def algo(self) -> Algorithm:
@@ -403,6 +411,21 @@ def validate_spec(doc: Any, *, check_inputs: InputCheck | None = None) -> Traini
         sizes[name] = value
     if sizes["test_size"] + sizes["validation_size"] >= 0.9:
         problems.append("test_size + validation_size must leave at least 10% of rows for training.")
+    retrain_every = doc.get("retrain_every")
+    if retrain_every is not None and retrain_every_seconds(retrain_every) is None:
+        problems.append(
+            f"retrain_every must be a duration in whole hours, days or weeks (12h, 7d, 2w) from 1h to "
+            f"366d, got {retrain_every!r:.40}."
+        )
+        retrain_every = None
+    max_regression = doc.get("max_regression")
+    if max_regression is not None:
+        value = _finite_number(max_regression)
+        if value is None or value < 0:
+            problems.append(
+                f"max_regression must be 0 or more, in the metric's units, got {max_regression!r:.40}."
+            )
+        max_regression = value if value is not None and value >= 0 else None
 
     if basis is None:
         raise SpecError(problems[0], problems=problems)
@@ -422,6 +445,8 @@ def validate_spec(doc: Any, *, check_inputs: InputCheck | None = None) -> Traini
         seed=seed,
         test_size=sizes["test_size"],
         validation_size=sizes["validation_size"],
+        retrain_every=retrain_every,
+        max_regression=max_regression,
     )
     if check_inputs is not None and inputs_sound:
         try:
@@ -434,6 +459,15 @@ def validate_spec(doc: Any, *, check_inputs: InputCheck | None = None) -> Traini
 
 
 _ENVIRONMENT = re.compile(r"[A-Za-z0-9_/.:-]{1,100}")
+
+
+def retrain_every_seconds(value: Any) -> int | None:
+    """`retrain_every` (12h, 7d, 2w) in seconds; None when it is not such a duration within a year."""
+    match = _RETRAIN_EVERY.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    seconds = int(match.group(1)) * _RETRAIN_UNIT_SECONDS[match.group(2)]
+    return seconds if seconds <= MAX_RETRAIN_EVERY_S else None
 
 
 def _algorithm(name: Any, learning_type: str | None, problems: list[str]) -> Algorithm | None:
