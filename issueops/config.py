@@ -28,6 +28,13 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(_env(name, str(default))))
+    except ValueError:
+        return default
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -41,6 +48,10 @@ class Settings:
     github_repository: str | None = None
     github_api_url: str = "https://api.github.com"
     manual_approval: bool = False
+    registry_lock: str = "auto"  # auto | file | lease: how changes to one model are serialised
+    registry_lock_wait_s: float = 120.0
+    namespace: str = "issueops"
+    in_cluster: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,4 +76,8 @@ class Settings:
             github_repository=_env("GITHUB_REPOSITORY"),
             github_api_url=_env("GITHUB_API_URL", "https://api.github.com"),
             manual_approval=_env("ISSUEOPS_MANUAL_APPROVAL", "false").lower() in ("1", "true", "yes"),
+            registry_lock=_env("ISSUEOPS_REGISTRY_LOCK", "auto").lower(),
+            registry_lock_wait_s=_seconds("ISSUEOPS_REGISTRY_LOCK_WAIT", 120.0),
+            namespace=_env("ISSUEOPS_NAMESPACE", "issueops"),
+            in_cluster=_env("KUBERNETES_SERVICE_HOST") is not None,
         )

@@ -12,7 +12,15 @@ from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
 from issueops.prefork import ServerGone, active_server, prefork_tasks, preload_for
 from issueops.results import RunResult, StepTiming
-from issueops.runs import RunRecord, collect_result, new_run_id, utcnow
+from issueops.runs import (
+    RunRecord,
+    collect_result,
+    mark_finished,
+    mark_interrupted,
+    mark_owner,
+    new_run_id,
+    utcnow,
+)
 from issueops.spec import TrainingSpec
 from issueops.store import ObjectStore, open_store
 
@@ -93,6 +101,7 @@ def run_local(
         run_id = start_request(
             store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id
         )
+        mark_owner(store, run_id)  # if this process dies, the record reads as interrupted
         log_path = settings.home / "logs" / f"{run_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -111,6 +120,14 @@ def run_local(
         try:
             with _redirect_output(log_path):
                 training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                mark_finished(store, run_id)
+            else:  # Ctrl-C or a stop signal turned into SystemExit: its tasks were stopped with it
+                mark_interrupted(store, run_id, f"the run was stopped ({type(exc).__name__})")
+            raise
+        else:
+            mark_finished(store, run_id)
         finally:
             if watcher:
                 watcher.stop()

@@ -7,12 +7,18 @@ deployed again). Everything lives in MLflow, so a SQLite file and an MLflow serv
 
 The audit trail is kept in MLflow too: one registered-model tag per event, key `audit.<seq>-<hex>`,
 value a JSON record. MLflow's SQL schema stores registered-model tag values as VARCHAR(5000), so
-reasons and actors are cut to fit; the random suffix keeps concurrent writers from overwriting
-each other's events (they then share a sequence number and sort by time).
+reasons and actors are cut to fit.
+
+MLflow has no transactions: every change to a model (register, approve, promote, archive, reject,
+roll back) reads its state and writes it under that model's lock (issueops.registry_lock), across
+processes and pods, and reads the state again once it holds the lock. A version registered for a
+run that should approve it (`approver`) and left pending when that run's process died is Rejected,
+with an audit record, the next time anything touches its model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -20,6 +26,7 @@ import math
 import os
 import re
 import secrets
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -35,7 +42,9 @@ from issueops.errors import (
     NotFound,
 )
 from issueops.logs import mask
+from issueops.registry_lock import FileLock, RegistryLock, registry_lock, sqlite_path
 from issueops.results import RunResult
+from issueops.runs import RunOwner
 
 EXPERIMENT = "issueops"
 PRODUCTION = "production"
@@ -48,6 +57,8 @@ STATUSES = (PENDING, APPROVED, ARCHIVED, REJECTED)
 
 RUN_ID_TAG = "issueops.run_id"
 WAS_PRODUCTION_TAG = "issueops.was_production"
+APPROVER_TAG = "issueops.approver"  # the run process that approves a pending version when it passes
+SYSTEM_ACTOR = "issueops"
 LOGGED_TAG = "issueops.logged"
 MODEL_ARTIFACT = "model"
 AUDIT_PREFIX = "audit."
@@ -300,24 +311,84 @@ def _is_code(exc: Exception, code: str) -> bool:
     return getattr(exc, "error_code", None) == code
 
 
+_prepared: set[tuple[str, str]] = set()
+_preparing = threading.Lock()
+
+
+def prepare_database(tracking_uri: str, registry_uri: str | None = None) -> None:
+    """Create a SQLite registry's schema once, under a lock beside the database.
+
+    MLflow creates (and migrates) the schema on first use, without a lock: two processes starting
+    on a fresh database at once both try, and one fails half way. A server owns its schema: nothing
+    to do for one.
+    """
+    registry_uri = registry_uri or tracking_uri
+    if (tracking_uri, registry_uri) in _prepared:
+        return
+    from mlflow import MlflowClient
+
+    with _preparing:
+        if (tracking_uri, registry_uri) in _prepared:
+            return
+        databases = sorted({p for p in (sqlite_path(tracking_uri), sqlite_path(registry_uri)) if p})
+        with contextlib.ExitStack() as held:
+            for database in databases:
+                database.parent.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(database.parent / f"{database.name}.locks", wait_s=600)
+                held.enter_context(lock.hold("schema", name="schema"))
+            if databases:
+                client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
+        _prepared.add((tracking_uri, registry_uri))
+
+
 class Registry:
     """Runs, versions, approval, production alias and audit trail of issueops models in MLflow."""
 
     def __init__(
-        self, tracking_uri: str, *, registry_uri: str | None = None, artifact_location: str | None = None
+        self,
+        tracking_uri: str,
+        *,
+        registry_uri: str | None = None,
+        artifact_location: str | None = None,
+        lock: RegistryLock | None = None,
+        settings: Settings | None = None,
     ):
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self.lock = lock or registry_lock(tracking_uri, settings)
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
         self._experiment_id: str | None = None
+        self._held = threading.local()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
         settings = settings or Settings.from_env()
-        return cls(settings.mlflow_tracking_uri)
+        return cls(settings.mlflow_tracking_uri, settings=settings)
+
+    @property
+    def client(self):
+        """The MlflowClient, once the database's schema exists."""
+        prepare_database(self.tracking_uri, self.registry_uri)
+        return self._client
+
+    @contextlib.contextmanager
+    def _locked(self, name: str):
+        """Hold the model's lock (re-entrant within a thread): state read before it may be stale."""
+        held = self._held.__dict__.setdefault("names", set())
+        if name in held:
+            yield
+            return
+        with self.lock.hold(name):
+            held.add(name)
+            try:
+                yield
+            finally:
+                held.discard(name)
 
     # tracking runs
 
@@ -453,24 +524,39 @@ class Registry:
         approve: bool,
         actor: str,
         reason: str | None = None,
+        approver: RunOwner | None = None,
     ) -> VersionInfo:
         """A new version of `model_name` (default: from the spec) from the run's model artifact.
 
         approve=True puts it in production at once and archives the previous production version;
         approve=False leaves it PendingManualApproval and production unchanged. Registering the
-        same run id again returns the version already registered.
+        same run id again returns the version already registered. `approver` is the process of the
+        run that will approve the pending version itself: if it dies first, the version is Rejected
+        on the model's next use instead of waiting forever (None: a person approves it).
         """
         name = check_model_name(model_name or result.model_name or model_name_for(result.spec or {}))
         _check_run_id(result.run_id)
-        existing = self._version_for_run(name, result.run_id)
-        if existing is None:
+        source = None
+        if self._version_for_run(name, result.run_id) is None:  # the upload stays outside the lock
             self._ensure_registered_model(name)
             source = self._model_source(mlflow_run_id, model_dir)
+        with self._locked(name):
+            self._settle(name)
+            return self._register_locked(
+                name, result, mlflow_run_id, source, approve, actor, reason, approver
+            )
+
+    def _register_locked(self, name, result, mlflow_run_id, source, approve, actor, reason, approver):
+        existing = self._version_for_run(name, result.run_id)
+        if existing is None:
+            tags = self._version_tags(result)
+            if approver is not None and not approve:
+                tags[APPROVER_TAG] = approver.to_json()
             created = self.client.create_model_version(
                 name,
-                source,
+                source or self._model_source(mlflow_run_id, None),
                 run_id=mlflow_run_id,
-                tags=self._version_tags(result),
+                tags=tags,
                 description=_cut(result.message, MAX_TAG_VALUE),
             )
             version = int(created.version)
@@ -550,7 +636,13 @@ class Registry:
     @_translated("approve the model version")
     def approve(self, model: str, version: int | str, actor: str, reason: str | None = None) -> VersionInfo:
         """Approve a pending version: it becomes production, the previous production is Archived."""
-        name, number = self._existing_version(model, version)
+        name = self._existing_model(model)
+        with self._locked(name):
+            self._settle(name)
+            return self._approve_locked(name, version, actor, reason)
+
+    def _approve_locked(self, name: str, version: int | str, actor: str, reason: str | None) -> VersionInfo:
+        name, number = self._existing_version(name, version)
         mv = self.client.get_model_version(name, str(number))
         status = mv.tags.get(STATUS_TAG, "")
         current = self._production_version(name)
@@ -579,7 +671,15 @@ class Registry:
     def _retire(
         self, model, version, status: str, action: str, *, actor: str, reason: str | None
     ) -> VersionInfo:
-        name, number = self._existing_version(model, version)
+        name = self._existing_model(model)
+        with self._locked(name):
+            self._settle(name)
+            return self._retire_locked(name, version, status, action, actor=actor, reason=reason)
+
+    def _retire_locked(
+        self, name: str, version, status: str, action: str, *, actor: str, reason: str | None
+    ) -> VersionInfo:
+        name, number = self._existing_version(name, version)
         if self._production_version(name) == number:
             raise Conflict(
                 f"Version {number} of {name} is in production; approve a replacement or roll back "
@@ -689,6 +789,13 @@ class Registry:
         production timeline, rollbacks pop back to an earlier entry; Rejected versions are skipped.
         """
         name = self._existing_model(model)
+        with self._locked(name):
+            self._settle(name)
+            return self._rollback_locked(name, to_version, reason=reason, actor=actor, run_id=run_id)
+
+    def _rollback_locked(
+        self, name: str, to_version, *, reason: str | None, actor: str, run_id: str | None
+    ) -> RollbackResult:
         current = self._production_version(name)
         if current is None:
             raise Conflict(f"{name} has no production version; there is nothing to roll back.")
@@ -748,6 +855,13 @@ class Registry:
             return RollbackResult(
                 name, None, None, False, f"No model {name} is registered, so there is nothing to roll back."
             )
+        with self._locked(name):
+            self._settle(name)
+            return self._rollback_request_locked(name, ids, run_id, reason=reason, actor=actor)
+
+    def _rollback_request_locked(
+        self, name: str, ids: list[str], run_id: str, *, reason: str | None, actor: str
+    ) -> RollbackResult:
         ours = sorted({int(v.version) for r in ids for v in self._versions_for_run(name, r)})
         current = self._production_version(name)
         target, changed = current, False
@@ -836,6 +950,38 @@ class Registry:
             raise
         return mv.tags.get(STATUS_TAG) != REJECTED
 
+    def _settle(self, name: str) -> list[int]:
+        """Reject the pending versions whose approving run died before it approved them; their
+        numbers. Cheap when there are none: one search of the model's pending versions."""
+        if not self._orphans(name):
+            return []
+        settled = []
+        with self._locked(name):
+            for mv in self._orphans(name):  # again, under the lock
+                owner = RunOwner.from_json(mv.tags.get(APPROVER_TAG))
+                run_id = mv.tags.get(RUN_ID_TAG)
+                self._set_status(name, int(mv.version), REJECTED)
+                self._audit(
+                    name,
+                    "reject",
+                    to_version=int(mv.version),
+                    status=REJECTED,
+                    actor=SYSTEM_ACTOR,
+                    run_id=run_id,
+                    reason=f"run {run_id} ended without approving version {mv.version}: "
+                    f"its process ({owner.describe()}) is gone",
+                )
+                settled.append(int(mv.version))
+        return settled
+
+    def _orphans(self, name: str) -> list:
+        pending = self.client.search_model_versions(f"name = '{name}' and tags.`{STATUS_TAG}` = '{PENDING}'")
+        return [
+            mv
+            for mv in pending
+            if (owner := RunOwner.from_json(mv.tags.get(APPROVER_TAG))) is not None and owner.alive() is False
+        ]
+
     # reading
 
     @_translated("list the registered models")
@@ -861,6 +1007,7 @@ class Registry:
     def show(self, model: str) -> ModelInfo:
         """Every version of `model` with its status, aliases and metrics, newest first."""
         name = self._existing_model(model)
+        self._settle(name)
         rm = self.client.get_registered_model(name)
         aliases = self._aliases_by_version(rm)
         versions = [
@@ -881,6 +1028,7 @@ class Registry:
         name = check_model_name(model)
         if not self._model_exists(name):
             return None
+        self._settle(name)
         version = self._production_version(name)
         return None if version is None else self._version_info(name, version)
 
@@ -897,12 +1045,15 @@ class Registry:
     @_translated("read the model version")
     def version(self, model: str, version: int | str) -> VersionInfo:
         name, number = self._existing_version(model, version)
+        self._settle(name)
         return self._version_info(name, number)
 
     @_translated("read the audit trail")
     def history(self, model: str) -> list[AuditRecord]:
         """Every change to `model`, oldest first."""
-        return self._audit_records(self._existing_model(model))
+        name = self._existing_model(model)
+        self._settle(name)
+        return self._audit_records(name)
 
     @_translated("download the model")
     def download(self, model: str, version: int | str, dest: Path) -> Path:

@@ -2,17 +2,26 @@
 
 Every pipeline step, wherever it runs, reports here, so the CLI, the bridge and the history
 writer can assemble one RunResult from the store alone.
+
+A run on this machine (`issueops run`, a bridge attempt, the MCP server's `train`) also records
+the process that runs it (owner.json) and, once it ends, finished.json. A record whose owner is
+gone without finishing reads as interrupted (`run_state`), never as a pass or an unknown.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from issueops.errors import InvalidInput, IssueOpsError
@@ -22,6 +31,7 @@ from issueops.results import RunResult, StepTiming
 from issueops.store import ObjectStore
 
 PIPELINE_STEPS = ("prepare_data", "train", "evaluate", "judge")
+INTERRUPTED = "interrupted"  # the decision, and the step status, of a run whose process died
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -57,6 +67,123 @@ class RunRecord:
 
     def error(self) -> dict[str, Any] | None:
         return self.read("error.json")
+
+    def owner(self) -> RunOwner | None:
+        data = self.read("owner.json")
+        return RunOwner.from_dict(data) if data else None
+
+
+class RunState(StrEnum):
+    """Where a run stands, as far as its record tells."""
+
+    RUNNING = "running"  # its owner process is alive and it has not finished
+    FINISHED = "finished"  # it ended: with a decision, an error, or bad input
+    INTERRUPTED = "interrupted"  # its owner process died before it finished (kill -9, crash, restart)
+    UNKNOWN = "unknown"  # no owner on this machine to ask (a cluster run, or an older record)
+
+
+@dataclass(frozen=True)
+class RunOwner:
+    """The process that runs a run. `started` (clock ticks after boot) and `boot_id` tell a process
+    from a later one that reuses its pid."""
+
+    host: str
+    boot_id: str
+    pid: int
+    started: int
+
+    @classmethod
+    def current(cls) -> RunOwner:
+        pid = os.getpid()
+        return cls(socket.gethostname(), _boot_id(), pid, _start_ticks(pid) or 0)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunOwner | None:
+        try:
+            return cls(str(data["host"]), str(data["boot_id"]), int(data["pid"]), int(data["started"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def from_json(cls, text: str | None) -> RunOwner | None:
+        try:
+            data = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return cls.from_dict(data) if isinstance(data, dict) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def alive(self) -> bool | None:
+        """True while the process runs, False once it is gone (or a zombie), None when this machine
+        cannot tell (another host, or no /proc)."""
+        if self.host != socket.gethostname() or not self.boot_id or not self.started:
+            return None
+        if self.boot_id != _boot_id():
+            return False  # the machine restarted since
+        return _start_ticks(self.pid) == self.started
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat); None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def mark_owner(store: ObjectStore, run_id: str, owner: RunOwner | None = None) -> RunOwner:
+    """Record that this process (or `owner`) runs the run, so that its death reads as interruption."""
+    owner = owner or RunOwner.current()
+    RunRecord(store, run_id).write("owner.json", owner.to_dict())
+    return owner
+
+
+def mark_finished(store: ObjectStore, run_id: str) -> None:
+    RunRecord(store, run_id).write("finished.json", {"time": utcnow()})
+
+
+def mark_interrupted(store: ObjectStore, run_id: str, reason: str) -> None:
+    record = RunRecord(store, run_id)
+    if record.read("interrupted.json") is None:
+        record.write("interrupted.json", {"time": utcnow(), "reason": reason})
+
+
+def run_state(store: ObjectStore, run_id: str) -> RunState:
+    """RUNNING, FINISHED, INTERRUPTED or UNKNOWN. The first reader to find the owner gone records
+    the interruption (interrupted.json), so it stays known after a reboot or on another machine."""
+    record = RunRecord(store, run_id)
+    if store.exists(record.key("interrupted.json")):
+        return RunState.INTERRUPTED
+    if store.exists(record.key("finished.json")):
+        return RunState.FINISHED
+    owner = record.owner()
+    alive = owner.alive() if owner else None
+    if alive is None:
+        return RunState.UNKNOWN
+    if alive:
+        return RunState.RUNNING
+    if store.exists(record.key("finished.json")):  # it finished just now
+        return RunState.FINISHED
+    running = [s.name for s in record.steps() if s.status == "running"]
+    where = f" during step {running[-1]}" if running else ""
+    mark_interrupted(store, run_id, f"the process that ran it ({owner.describe()}) is gone{where}")
+    return RunState.INTERRUPTED
 
 
 def _step_order(name: str) -> int:
@@ -145,6 +272,11 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         artifacts[plot] = store.uri(f"evaluations/{run_id}/{plot}")
     decision = judgement.get("decision") or ("error" if error else "unknown")
     message = judgement.get("message") or ("; ".join(error["problems"]) if error else "")
+    steps = record.steps()
+    if run_state(store, run_id) is RunState.INTERRUPTED:
+        why = (record.read("interrupted.json") or {}).get("reason") or "its process is gone"
+        decision, message = INTERRUPTED, f"Run {run_id} was interrupted: {why}."
+        steps = [StepTiming(s.name, INTERRUPTED, s.seconds) if s.status == "running" else s for s in steps]
     return RunResult(
         run_id=run_id,
         spec=spec,
@@ -184,7 +316,7 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         history_path=history.get("url") or history.get("path"),
         started_at=request.get("started_at"),
         finished_at=judgement.get("time"),
-        steps=record.steps(),
+        steps=steps,
         warnings=[f"step {error['step']} failed: {'; '.join(error['problems'])}"]
         if error and judgement
         else [],

@@ -115,10 +115,18 @@ def register_step(run_id: str) -> dict:
         model_dir = _local_copy(store, f"models/{run_id}", settings)
         mlflow_run_id = registry.log_run(result, model_dir)
         spec = result.spec
+        auto_approve = not (spec.get("manual_approval") or settings.manual_approval)
         # Registered as pending: production moves only once the version is packaged (promote_step),
-        # so a version that fails its ONNX parity check never becomes production.
+        # so a version that fails its ONNX parity check never becomes production. Should the run's
+        # process die before then, the registry rejects the version instead of leaving it pending.
         info = registry.register_version(
-            model_name_for(spec), result, mlflow_run_id, model_dir, approve=False, actor=_actor()
+            model_name_for(spec),
+            result,
+            mlflow_run_id,
+            model_dir,
+            approve=False,
+            actor=_actor(),
+            approver=RunRecord(store, run_id).owner() if auto_approve else None,
         )
         registration = {
             "model_name": info.model,
@@ -126,7 +134,7 @@ def register_step(run_id: str) -> dict:
             "alias": "production" if "production" in (info.aliases or []) else None,
             "approval_status": info.status,
             "mlflow_run_id": mlflow_run_id,
-            "auto_approve": not (spec.get("manual_approval") or settings.manual_approval),
+            "auto_approve": auto_approve,
         }
         RunRecord(store, run_id).write("registration.json", registration)
     return registration
