@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-all lint format run serve bench compile kind-up deploy e2e clean
+.PHONY: setup test test-all lint format run serve bench compile cluster-build cluster-up cluster-down kind-up deploy e2e clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,13 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip check
 
-test:
-	$(BIN)/python -m pytest -q
+# The cluster tests run against a real API server built from Go (tests/controlplane, cached in
+# .cluster/bin); without Go they are skipped and the reason is printed.
+test: cluster-build
+	$(BIN)/python -m pytest -q -m "not gpu and not slow"
 
-test-all:  # includes slow tests; cluster and gpu tests run when KUBECONFIG / a GPU are present
-	$(BIN)/python -m pytest -q -m "not cluster and not gpu"
+test-all: cluster-build  # also the slow tests; gpu tests need CUDA and TensorRT
+	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint:
 	$(BIN)/ruff check issueops components pipelines operator tests
@@ -41,6 +43,15 @@ compile:
 
 bench:  # all entries; `make bench BENCH="pipeline webhook"` for some
 	$(BIN)/python -m benchmarks $(BENCH)
+
+cluster-build:  # etcd, kube-apiserver, kube-controller-manager, kubectl -> .cluster/bin (nothing if up to date)
+	-nice $(BIN)/python -m tests.controlplane build
+
+cluster-up:  # a loopback control plane; KUBECONFIG=.cluster/kubeconfig, PATH=.cluster/bin:$$PATH
+	$(BIN)/python -m tests.controlplane up
+
+cluster-down:
+	$(BIN)/python -m tests.controlplane down
 
 KIND_CLUSTER    ?= issueops
 IMAGE           ?= ghcr.io/issueops/issueops:0.1.0

@@ -63,18 +63,22 @@ def _names(algo: Algorithm) -> dict[str, Param]:
 
 
 def _all_hyperparameters() -> dict[str, dict[str, Any]]:
-    """Every hyperparameter name (and alias) of every algorithm, with its one type."""
+    """Every hyperparameter name (and alias) of every algorithm, with its one type.
+
+    No hyperparameter is nullable: the API server drops a null before validating it (neither a value check
+    nor CEL can tell a null from an absent field), so `max_depth: null` is stored as no
+    max_depth, the algorithm's default. Every nullable parameter in the catalog defaults to
+    None, so that is what null asks for wherever it is allowed.
+    """
     shapes: dict[str, dict[str, Any]] = {}
     for algo in ALGORITHMS.values():
         for name, param in _names(algo).items():
             shape = _shape(param)
-            if param.nullable:
-                shape["nullable"] = True
             known = shapes.get(name)
-            if known is not None and known.get("type") != shape["type"]:
+            if known is not None and known != shape:
                 raise ValueError(f"hyperparameter {name} has two types in the catalog")
-            if known is not None and known.get("nullable"):
-                shape["nullable"] = True
+            if param.nullable and param.default is not None:
+                raise ValueError(f"{algo.name}.{name}: null would be stored as the default {param.default!r}")
             shapes[name] = shape
     return dict(sorted(shapes.items()))
 
@@ -94,15 +98,9 @@ def _algorithm_branch(algo: Algorithm, shapes: dict[str, dict[str, Any]]) -> dic
     twice += [
         {"required": [a, b]} for p in algo.params for i, a in enumerate(p.aliases) for b in p.aliases[i + 1 :]
     ]
-    # A name another algorithm allows to be null (max_depth: null) is not null here.
-    nulls = [
-        {"required": [name], "properties": {name: {"enum": [None]}}}
-        for name, param in own.items()
-        if shapes[name].get("nullable") and not param.nullable
-    ]
     hyperparameters: dict[str, Any] = {"properties": ranges}
-    if forbidden or twice or nulls:
-        hyperparameters["not"] = {"anyOf": forbidden + twice + nulls}
+    if forbidden or twice:
+        hyperparameters["not"] = {"anyOf": forbidden + twice}
     branch: dict[str, Any] = {
         "properties": {
             "algorithm": {"enum": [algo.name]},
@@ -286,7 +284,7 @@ def spec_schema() -> dict[str, Any]:
                 "rule": "(has(self.test_size) ? self.test_size : 0.2) + "
                 "(has(self.validation_size) ? self.validation_size : 0.1) < 0.9",
                 "message": "test_size + validation_size must leave at least 10% of rows for training.",
-            }
+            },
         ],
     }
 
@@ -402,6 +400,53 @@ def training_request_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+CRD_CHECK_DELAY = 10  # seconds between checks while the CRD is missing
+
+
+def require_served(api) -> None:
+    """Raise ours unless the API server serves TrainingRequests: the CRD not installed is a
+    transient ExternalServiceError naming the fix (an operator started first waits for it),
+    credentials it refuses are Unauthorized."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from issueops.errors import ExternalServiceError, Unauthorized
+
+    try:
+        api.call_api(
+            f"/apis/{GROUP}/{VERSION}",
+            "GET",
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ExternalServiceError(
+                f"The API server does not serve {PLURAL}.{GROUP}/{VERSION}: install the CRD with "
+                f"`kubectl apply --server-side -f manifests/crds/trainingrequests.yaml` "
+                f"(checking again every {CRD_CHECK_DELAY} s).",
+                transient=True,
+                status=404,
+                retry_after=CRD_CHECK_DELAY,
+            ) from None
+        if exc.status == 401:
+            raise Unauthorized(
+                "The API server refused the operator's credentials (401 Unauthorized): "
+                "its token is wrong or has expired."
+            ) from None
+        raise ExternalServiceError(
+            f"The API server answered {exc.status} to the discovery of {GROUP}/{VERSION}: {exc.reason}",
+            transient=exc.status >= 500 or exc.status == 429,
+            status=exc.status,
+        ) from None
+    except HTTPError as exc:
+        raise ExternalServiceError(
+            f"The Kubernetes API is unreachable: {type(exc).__name__}", transient=True
+        ) from None
 
 
 HEADER = """\

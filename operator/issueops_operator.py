@@ -26,7 +26,8 @@ import sys
 import kopf
 
 from issueops.bridge.resources import OperatorRuntime
-from issueops.crd import GROUP, PLURAL, VERSION
+from issueops.crd import GROUP, PLURAL, VERSION, require_served
+from issueops.custom_resources import api_client
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
 from issueops.requests import ACTIVE_PHASES
 
@@ -59,6 +60,10 @@ def login(**kwargs):
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+    # Without the CRD kopf would serve nothing, silently, for good (scanning is off): wait for it,
+    # saying why, and start serving once it is there. Refused credentials are named too.
+    with kopf_errors():
+        require_served(api_client("the operator"))
     settings.persistence.finalizer = f"{GROUP}/cancel-run"
     # Least privilege: no cluster-wide watching of namespaces and CRDs.
     settings.scanning.disabled = True

@@ -58,3 +58,50 @@ def s3_endpoint(tmp_path_factory):
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, home, monkeypatch):
+    """The run's store in a real S3 server, as a cluster's is (the job's pods upload to it)."""
+    import uuid
+
+    from issueops.config import Settings
+    from issueops.store import open_store
+
+    bucket = f"rayjob-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("ISSUEOPS_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("ISSUEOPS_S3_BUCKET", bucket)
+    store = open_store(Settings.from_env())
+    store.client.create_bucket(Bucket=bucket)
+    return store
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """A real etcd + kube-apiserver + kube-controller-manager on loopback (tests/controlplane),
+    built once (cached in .cluster/bin) and started for the session; `cluster` tests skip, with
+    the reason, where it cannot be built or started."""
+    from tests.cluster import session_control_plane
+
+    yield from session_control_plane(tmp_path_factory.mktemp("controlplane"))
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane):
+    """The admin's ApiClient for the control plane, with the TrainingRequest CRD installed."""
+    from tests.cluster import client_for, install_training_request_crd
+
+    api = client_for(control_plane.kubeconfig)
+    install_training_request_crd(api)
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def namespace(kube):
+    """A namespace of the test's own, deleted afterwards (the namespace controller empties it)."""
+    from tests.cluster import delete_namespace, new_namespace
+
+    name = new_namespace(kube)
+    yield name
+    delete_namespace(kube, name)

@@ -397,22 +397,6 @@ class KubeRay:
             )
 
 
-@pytest.fixture
-def s3_store(s3_endpoint, home, monkeypatch):
-    """The run's store in a real S3 server, as a cluster's is (the job's pods upload to it)."""
-    import uuid
-
-    from issueops.config import Settings
-    from issueops.store import open_store
-
-    bucket = f"rayjob-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("ISSUEOPS_S3_ENDPOINT", s3_endpoint)
-    monkeypatch.setenv("ISSUEOPS_S3_BUCKET", bucket)
-    store = open_store(Settings.from_env())
-    store.client.create_bucket(Bucket=bucket)
-    return store
-
-
 def kubeconfig_for(api: ApiServerDouble, path: Path) -> Path:
     """A kubeconfig naming the double, as `kubectl config view --raw` writes one."""
     server = f"http://127.0.0.1:{api.server.server_address[1]}"
