@@ -119,8 +119,10 @@ def render_history(
     *,
     plots: Mapping[str, str] | None = None,
     web_base: str = "https://github.com",
+    local_paths: bool = True,
 ) -> str:
-    """The markdown for one run. `plots` maps a plot's name to its path relative to the file."""
+    """The markdown for one run. `plots` maps a plot's name to its path relative to the file;
+    `local_paths=False` (a file read on GitHub) leaves out artifacts that are paths on this machine."""
     plots = dict(plots or {})
     decision = DECISION_BADGES.get(result.decision, result.decision)
     overview = [
@@ -166,6 +168,8 @@ def render_history(
     if result.steps:
         rows = [
             f"| {cell(s.name)} | {s.status} | {format_seconds(s.seconds) if s.seconds is not None else '—'} |"
+            if s.name != "write_history"
+            else "| write_history | this commit | — |"  # the step that writes this file
             for s in result.steps
         ]
         parts += ["## Steps", "\n".join(["| step | status | time |", "|---|---|---|", *rows])]
@@ -175,6 +179,8 @@ def render_history(
         links.append(f"- Issue: {_issue_link(result, web_base)}")
     for name, location in sorted(result.artifacts.items()):
         target = plots.get(_SAFE_NAME.sub("_", Path(name).name), location)
+        if target == location and not local_paths and _on_this_machine(location):
+            continue
         links.append(f"- {cell(name)}: [{cell(target)}]({target.replace(' ', '%20')})")
     if links:
         parts += ["## Links", "\n".join(links)]
@@ -183,6 +189,10 @@ def render_history(
         images = [f"![{name}]({rel.replace(' ', '%20')})" for name, rel in sorted(plots.items())]
         parts += ["## Plots", "\n\n".join(images)]
     return "\n\n".join(parts) + "\n"
+
+
+def _on_this_machine(location: str) -> bool:
+    return location.startswith("file://") or "://" not in location
 
 
 def write_history(
@@ -205,7 +215,7 @@ def write_history(
         return _write_github(
             github,
             stem,
-            lambda s: _render(result, s, plots, web),
+            lambda s: _render(result, s, plots, web, local_paths=False),
             plots,
             message,
             branch or history_branch(),
@@ -215,8 +225,12 @@ def write_history(
     return _write_local(Path(repo), stem, lambda s: _render(result, s, plots, web), plots, message)
 
 
-def _render(result: RunResult, stem: str, plots: Mapping[str, Path], web_base: str) -> str:
-    return render_history(result, plots={n: f"{stem}/{n}" for n in plots}, web_base=web_base)
+def _render(
+    result: RunResult, stem: str, plots: Mapping[str, Path], web_base: str, *, local_paths: bool = True
+) -> str:
+    return render_history(
+        result, plots={n: f"{stem}/{n}" for n in plots}, web_base=web_base, local_paths=local_paths
+    )
 
 
 def _web_base(github: GitHubClient) -> str:

@@ -214,6 +214,28 @@ def test_github_history_is_one_commit_with_the_plots(gh, client, tmp_path):
     assert again.path == f"{stem}-2.md" and b"run-9" not in gh.files()[f"{stem}.md"]
 
 
+def test_github_history_links_only_what_a_reader_can_open_and_shows_its_own_step_done(gh, client, tmp_path):
+    """Read on GitHub, a path on the machine that ran the step means nothing, and the history is
+    written by write_history itself: the step cannot still be running when it is read."""
+    local = tmp_path / "store" / "models" / "run-7"
+    result = run_result(
+        tmp_path,
+        artifacts={
+            **run_result(tmp_path).artifacts,
+            "processed": local.as_uri(),
+            "evaluation": str(tmp_path / "store" / "evaluations" / "run-7" / "results.json"),
+        },
+        steps=[StepTiming("train", "done", 12.5), StepTiming("write_history", "running")],
+    )
+    record = write_history(result, settings=Settings(home=tmp_path), github=client)
+    text = gh.files()[record.path].decode()
+    assert str(tmp_path) not in text and "file://" not in text
+    assert "s3://bucket/models/run-7/model.onnx" in text  # where the team's store has the model
+    assert "| write_history | this commit | — |" in text and "running" not in text
+    local_text = render_history(result)  # the local history repository sits beside the store
+    assert local.as_uri() in local_text
+
+
 def test_github_history_branch_comes_from_the_environment(gh, client, tmp_path, monkeypatch):
     monkeypatch.setenv("ISSUEOPS_HISTORY_BRANCH", "training-history")
     main = gh.state.branches["main"]
