@@ -42,6 +42,9 @@ TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, ROLLED_BACK, CANCELLED})
 
 ACTIONS = ("retrain", "approve", "rollback", "cancel", "status")
 DEFAULT_OPERATOR_TIMEOUT_S = 24 * 3600
+# An attempt whose run was lost to infrastructure (a pod restart, a killed process) is started
+# again this many times; it does not count as one of the operator's retries.
+MAX_RESTARTS = 2
 MAX_REMEMBERED_INPUTS = 200
 _NAME_SAFE = re.compile(r"[^a-z0-9-]+")
 
@@ -127,6 +130,7 @@ class AttemptRecord:
     metric_value: float | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     status_comment_id: int | None = None
+    lost_runs: list[str] = field(default_factory=list)  # runs of this attempt lost to infrastructure
 
 
 @dataclass
@@ -143,6 +147,7 @@ class TrainingRequest:
     attempt: int = 0
     run_id: str | None = None
     run_handle: str | None = None
+    restarts: int = 0  # of the current attempt, after its run was lost to infrastructure
     model_name: str | None = None
     model_version: str | None = None
     metric_value: float | None = None
@@ -202,6 +207,7 @@ class TrainingRequest:
             "attempt": self.attempt,
             "runId": self.run_id,
             "runHandle": self.run_handle,
+            "restarts": self.restarts,
             "modelName": self.model_name,
             "modelVersion": self.model_version,
             "metricValue": self.metric_value,
@@ -218,6 +224,7 @@ class TrainingRequest:
                     "decision": a.decision,
                     "metricValue": a.metric_value,
                     "statusCommentId": a.status_comment_id,
+                    "lostRuns": a.lost_runs or None,
                 }
                 for a in self.attempts
             ],
@@ -246,6 +253,7 @@ class TrainingRequest:
                 decision=a.get("decision"),
                 metric_value=a.get("metricValue"),
                 status_comment_id=a.get("statusCommentId"),
+                lost_runs=list(a.get("lostRuns") or []),
             )
             for a in status.get("attempts") or []
         ]
@@ -261,6 +269,7 @@ class TrainingRequest:
             attempt=status.get("attempt") or 0,
             run_id=status.get("runId"),
             run_handle=status.get("runHandle"),
+            restarts=status.get("restarts") or 0,
             model_name=status.get("modelName"),
             model_version=status.get("modelVersion"),
             metric_value=status.get("metricValue"),
@@ -299,10 +308,13 @@ def set_condition(request: TrainingRequest, kind: str, status: bool, reason: str
     )
 
 
-def attempt_run_id(request: TrainingRequest, attempt: int, now: datetime | None = None) -> str:
+def attempt_run_id(
+    request: TrainingRequest, attempt: int, now: datetime | None = None, *, restart: int = 0
+) -> str:
     """The run id of an attempt, fixed before submission so a restart never submits it twice."""
     now = now or utcnow()
-    suffix = hashlib.sha1(f"{request.uid}:{attempt}".encode()).hexdigest()[:4]
+    key = f"{request.uid}:{attempt}" + (f":{restart}" if restart else "")
+    suffix = hashlib.sha1(key.encode()).hexdigest()[:4]
     return f"train-{now:%Y%m%d-%H%M%S}-{suffix}"
 
 
@@ -329,6 +341,7 @@ def start_attempt(request: TrainingRequest, now: datetime | None = None) -> str:
     request.attempt += 1
     request.run_id = attempt_run_id(request, request.attempt, now)
     request.run_handle = None
+    request.restarts = 0
     request.status_comment_id = None
     request.status_digest = None
     request.wait_deadline = None
@@ -379,6 +392,36 @@ def record_result(
     return result.decision
 
 
+def restart_attempt(request: TrainingRequest, reason: str, now: datetime | None = None) -> bool:
+    """The running attempt's run was lost to infrastructure: start the same attempt again as a new
+    run (the operator's retries are untouched). After MAX_RESTARTS the request fails instead,
+    saying why; returns whether the attempt starts again."""
+    if request.phase != RUNNING or not request.run_id:
+        raise Conflict(f"Request {request.name} is {request.phase}; only a running attempt restarts.")
+    lost, current = request.run_id, request.current()
+    if current is not None:
+        current.lost_runs = [*current.lost_runs, lost]
+    if request.restarts >= MAX_RESTARTS:
+        times = request.restarts + 1
+        run_failed(
+            request,
+            f"Attempt {request.attempt} was lost {times} times — {reason}; it is not started again. "
+            "Comment `/retrain` to start a new request.",
+        )
+        return False
+    request.restarts += 1
+    request.run_id = attempt_run_id(request, request.attempt, now, restart=request.restarts)
+    request.run_handle = None
+    if current is not None:
+        current.run_id = request.run_id
+    request.message = (
+        f"Attempt {request.attempt} of {request.spec.max_retry + 1} is running again as run "
+        f"{request.run_id}: run {lost} was lost ({reason})."
+    )
+    set_condition(request, "Running", True, "AttemptRestarted", f"run {request.run_id} after {lost} was lost")
+    return True
+
+
 def run_failed(request: TrainingRequest, message: str) -> None:
     """A run that stopped without a decision (a step's error, a lost run)."""
     request.phase = FAILED
@@ -405,13 +448,28 @@ def expire(request: TrainingRequest, now: datetime | None = None) -> bool:
     if now < parse_iso(request.wait_deadline):
         return False
     request.phase = FAILED
-    request.message = (
-        f"No operator answer by {request.wait_deadline}; the request stopped and the production "
-        "model stays as it was."
-    )
+    request.message = f"No operator answer by {request.wait_deadline}; the request stopped."
     set_condition(request, "WaitingForOperator", False, "TimedOut", request.message)
     set_condition(request, "Succeeded", False, "OperatorTimeout", request.message)
     return True
+
+
+def starts_new_request(latest: TrainingRequest | None, action: str | None, event_at: str | None) -> bool:
+    """Whether an issue event with the training label starts a request (given the issue's latest).
+
+    One event starts one request however it arrived (webhook or poller, each of which may also
+    see it more than once): an issue without a request gets one; an active request is never
+    doubled; a finished one is trained again only when a person asks for it — the label added
+    again after that request was created (`event_at`, GitHub's time of the event), or `/retrain`.
+    """
+    if latest is None:
+        return True
+    if latest.active or action != "labeled" or not event_at:
+        return False
+    try:
+        return parse_iso(event_at) > parse_iso(latest.created_at)
+    except ValueError:
+        return False
 
 
 def cancel(request: TrainingRequest, by: str | None = None) -> None:

@@ -73,6 +73,34 @@ class RunResult:
     steps: list[StepTiming] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def awaiting_approval(self) -> bool:
+        """A passing version, registered and packaged, that waits for manual approval."""
+        deployed = any(s.name == "deploy" and s.status == "done" for s in self.steps)
+        return (
+            self.decision == "pass" and bool(self.model_version) and self.alias != "production" and deployed
+        )
+
+    def approval_note(self) -> str | None:
+        """What to do about a version waiting for manual approval, with the commands; else None."""
+        if not self.awaiting_approval:
+            return None
+        version, model = self.model_version, self.model_name
+        where = (
+            f"comment `/approve {version}` on issue #{self.issue}, or run "
+            if self.issue is not None
+            else "run "
+        )
+        production = (
+            f"Production stays at version {self.served_version} until then."
+            if self.served_version and self.served_version != version
+            else "Nothing is in production until then."
+        )
+        return (
+            f"Version {version} of `{model}` waits for manual approval: {where}"
+            f"`issueops registry approve {model} {version}`. {production}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -85,3 +113,26 @@ class RunResult:
         data["steps"] = [StepTiming(**s) for s in data.get("steps", [])]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def production_after(
+    model: str, *, changed: bool, from_version: int | None = None, to_version: int | None = None
+) -> str:
+    """What a failed request left in production, naming the version (`bc-rf` v1) or saying there
+    is none: never a "previous production model" that may not exist."""
+    if changed:
+        back = f"v{to_version}" if to_version is not None else "no version (nothing is served)"
+        return f"Production of `{model}` went back from v{from_version} to {back}."
+    if to_version is not None:
+        return f"`{model}` v{to_version} stays in production."
+    return f"`{model}` has no production version; none was put there."
+
+
+def after_rollback(outcome: dict[str, Any]) -> str:
+    """`production_after` for a rollback's recorded outcome (RollbackResult.to_dict())."""
+    return production_after(
+        str(outcome.get("model")),
+        changed=bool(outcome.get("changed")),
+        from_version=outcome.get("from_version"),
+        to_version=outcome.get("to_version"),
+    )

@@ -57,6 +57,8 @@ def render_step(step: StepTiming) -> str:
         return f"- [ ] {step.name} — **failed**{took}"
     if step.status == "skipped":
         return f"- [ ] ~~{step.name}~~ — skipped"
+    if step.status == "interrupted":
+        return f"- [ ] {step.name} — **interrupted**"
     return f"- [ ] {step.name}"
 
 
@@ -81,7 +83,11 @@ def result_links(result: RunResult, extra: Mapping[str, str] | None = None) -> d
     """Links worth following from a run: the endpoint, the history file, then any extra ones."""
     links: dict[str, str] = {}
     if result.endpoint:
-        served = f" (serving version {result.served_version})" if result.served_version else ""
+        served = ""
+        if result.served_version:
+            served = f" (serving version {result.served_version})"
+        elif result.awaiting_approval:
+            served = " (no version in production yet)"
         links[f"endpoint{served}"] = result.endpoint
     if result.history_path:
         links["history"] = result.history_path
@@ -104,9 +110,16 @@ def render_status(
     result: RunResult | None = None,
     links: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    state: str | None = None,
+    note: str | None = None,
 ) -> str:
-    """The body of the status comment: title, state line, checklist, then result and links."""
-    if result is not None:
+    """The body of the status comment: title, state line, checklist, then result and links.
+
+    `state` replaces the state line the steps imply (an attempt that ended without a result);
+    `note` is said under it (why this run is not the attempt's first, say)."""
+    if state is not None:
+        state = f"**{state}**"
+    elif result is not None:
         state = f"**Finished** — {DECISION_BADGES.get(result.decision, result.decision)}"
     elif any(step.status == "failed" for step in steps):
         state = "**Failed**"
@@ -115,11 +128,16 @@ def render_status(
     else:
         state = "**Queued**"
     run = f" · run `{run_id}`" if run_id else ""
-    parts = [STATUS_MARKER, f"### {title}", f"{state}{run}", render_checklist(steps)]
+    parts = [STATUS_MARKER, f"### {title}", f"{state}{run}"]
+    if note:
+        parts.append(note)
+    parts.append(render_checklist(steps))
     if result is not None:
         parts.append(render_result_table(result))
         if result.message:
             parts.append("\n".join(f"> {line}" for line in result.message.splitlines()))
+        if approval := result.approval_note():
+            parts.append(f"⏳ **{approval}**")
     all_links = result_links(result, links) if result is not None else dict(links or {})
     if all_links:
         parts.append(render_links(all_links))
@@ -136,6 +154,8 @@ def render_summary(result: RunResult, links: Mapping[str, str] | None = None) ->
     ]
     if result.message:
         parts.append(result.message)
+    if approval := result.approval_note():
+        parts.append(f"⏳ **{approval}**")
     if result.model_name:
         model = f"**Model** `{result.model_name}`"
         if result.model_version:

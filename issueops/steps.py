@@ -205,6 +205,11 @@ def notify_step(run_id: str, notification_type: str) -> dict:
         wants_comment = result.issue is not None and notification_type != "retrain_required"
         github = _github(settings) if wants_comment else None
         post = (lambda issue, body: github.post_comment(issue, body)[1]) if github else None
+        rollback = RunRecord(store, run_id).read("rollback.json")
+        if rollback:  # say which version production is on now, or that there is none
+            from issueops.results import after_rollback
+
+            result.message = f"{result.message} {after_rollback(rollback)}".strip()
         report = notify(
             Notification.from_result(result, notification_type), channels_from_env(post_comment=post)
         )

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +39,7 @@ from issueops.requests import (
 )
 from issueops.spec import parse_issue_body
 from issueops.status import QUESTION_MARKER, STATUS_MARKER
+from tests.conftest import REPO
 
 try:
     from tests.github_double import GitHubDouble
@@ -98,33 +102,14 @@ c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
 # ---------------------------------------------------------------------- the hub
 
 
-class Hub:
-    """A GitHub double, the webhook receiver on loopback, and the bridge's worker."""
+class Payloads:
+    """GitHub's webhook payloads, made of the double's REST representations (checked against
+    GitHub's OpenAPI description in test_github.py) in the documented webhook envelope, and
+    their signed delivery to a receiver at `url`."""
 
-    def __init__(self, gh: GitHubDouble, settings: Settings, **bridge_options):
-        self.gh, self.settings = gh, settings
-        self.clients = GitHubClients(settings, throttle=False, retry=FAST)
-        self.bridge = open_bridge(settings, github=self.clients, **bridge_options)
-        self.server = HttpServer(make_app(self.bridge.inbox, SECRET)).start()
-        self._worker: tuple[threading.Thread, threading.Event] | None = None
+    def __init__(self, gh: GitHubDouble, url: str | None = None):
+        self.gh, self.url = gh, url
 
-    @property
-    def store(self) -> RequestStore:
-        return self.bridge.book.store
-
-    def start_worker(self) -> None:
-        self._worker = self.bridge.start(interval=0.2)
-
-    def close(self) -> None:
-        if self._worker:
-            self._worker[1].set()
-            self.bridge.inbox.wake.set()
-            self._worker[0].join(30)
-        self.server.stop()
-        self.bridge.inbox.close()
-
-    # GitHub's payloads, made of the double's REST representations (checked against GitHub's
-    # OpenAPI description in test_github.py) in the documented webhook envelope.
     def _get(self, path: str) -> dict:
         headers = {"Authorization": f"token {TOKEN}"}
         return httpx.get(f"{self.gh.url}/repos/{self.gh.full_name}{path}", headers=headers).json()
@@ -169,7 +154,34 @@ class Hub:
             headers["X-Hub-Signature-256"] = signature
         elif secret is not None:
             headers["X-Hub-Signature-256"] = sign(secret, raw)
-        return httpx.post(f"{self.server.url}/webhook", content=raw, headers=headers, timeout=10)
+        return httpx.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=10)
+
+
+class Hub(Payloads):
+    """A GitHub double, the webhook receiver on loopback, and the bridge's worker."""
+
+    def __init__(self, gh: GitHubDouble, settings: Settings, **bridge_options):
+        self.gh, self.settings = gh, settings
+        self.clients = GitHubClients(settings, throttle=False, retry=FAST)
+        self.bridge = open_bridge(settings, github=self.clients, **bridge_options)
+        self.server = HttpServer(make_app(self.bridge.inbox, SECRET)).start()
+        self.url = self.server.url
+        self._worker: tuple[threading.Thread, threading.Event] | None = None
+
+    @property
+    def store(self) -> RequestStore:
+        return self.bridge.book.store
+
+    def start_worker(self) -> None:
+        self._worker = self.bridge.start(interval=0.2)
+
+    def close(self) -> None:
+        if self._worker:
+            self._worker[1].set()
+            self.bridge.inbox.wake.set()
+            self._worker[0].join(30)
+        self.server.stop()
+        self.bridge.inbox.close()
 
     def process(self) -> None:
         """Handle everything queued, as the worker would (tests without a worker thread)."""
@@ -463,8 +475,9 @@ def test_valid_input_queues_the_next_attempt_with_merged_hyperparameters(hub, gh
     assert len(request.applied_inputs) == 1
 
 
-def test_status_and_cancel_commands(hub, gh):
-    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+def test_status_and_cancel_commands_and_retrain_after_the_end(hub, gh):
+    body = SPEC.format(threshold=0.9, max_retry=1)
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
     waiting_request(hub, number)
     hub.deliver("issue_comment", hub.comment_event(number, "/status", "alice"))
     hub.process()
@@ -473,10 +486,14 @@ def test_status_and_cancel_commands(hub, gh):
     hub.process()
     assert hub.request(number).phase == CANCELLED
     assert "Cancelled by alice" in hub.bodies(number)[-1]
+    hub.deliver("issue_comment", hub.comment_event(number, "/cancel", "alice"))
+    hub.process()
+    assert "already Cancelled; nothing to cancel" in hub.bodies(number)[-1]
+    # A person asks again: a new request from the issue body, with its retries afresh.
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.process()
-    assert hub.request(number).phase == CANCELLED
-    assert "only while it waits" in hub.bodies(number)[-1]
+    again = hub.request(number)
+    assert again.name == "octo-org-models-1-2" and again.phase == PENDING and again.attempts_left == 2
 
 
 def test_our_own_comments_are_never_read_as_input(hub, gh):
@@ -682,10 +699,14 @@ def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_kee
             lambda: (r := hub.request(second)) and not r.active and r,
             what="attempts exhausted",
         )
-        assert final.phase == "RolledBack", final.message
+        # Nothing of this request reached production, so nothing was rolled back: it says so.
+        assert final.phase == FAILED, final.message
         assert final.attempt == 2
         assert registry.production("bc-rf").version == 1  # production kept
-        assert any("fail" in b.lower() for b in hub.bodies(second)[-2:])
+        assert "`bc-rf` v1 stays in production." in final.message
+        told = [b for b in hub.bodies(second) if "issueops:notification" in b]
+        assert len(told) == 1 and "`bc-rf` v1 stays in production." in told[0]
+        assert not any("previous production model" in b for b in hub.bodies(second))
     finally:
         hub.close()
 
@@ -702,6 +723,7 @@ def test_operator_timeout_fails_the_request_with_a_notice(gh, settings):
         request = hub.request(number)
         assert request.phase == FAILED and "No operator answer" in request.message
         assert "timed out waiting for the operator" in hub.bodies(number)[-1]
+        assert "`bc-rf` has no production version" in hub.bodies(number)[-1]  # none was registered
     finally:
         hub.close()
 
@@ -794,3 +816,246 @@ def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp
     assert registry.production("bc-rf").version == 1
     assert hub.request(number).phase == "RolledBack"
     assert "rolled back from version 2 to version 1" in hub.bodies(number)[-1]
+
+
+# ---------------------------------------------------------------------- every refusal is answered
+
+
+def registered(settings, tmp_path, versions=(True,)) -> None:
+    """Versions of `bc-rf` in the real registry: True approved (production), False pending."""
+    from issueops.registry import Registry
+    from issueops.results import RunResult
+
+    registry = Registry.from_settings(settings)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "model.json").write_text("{}")
+    for n, approve in enumerate(versions):
+        result = RunResult(
+            run_id=f"train-20260101-00000{n}-aaaa", spec={"model_name": "bc-rf"}, decision="pass",
+            message="ok", evaluation_metric="accuracy", threshold=0.9, metric_value=0.95,
+        )  # fmt: skip
+        mlflow_run = registry.log_run(result, model_dir)
+        registry.register_version("bc-rf", result, mlflow_run, model_dir, approve=approve, actor="test")
+
+
+def test_every_refused_command_is_answered_on_the_issue_with_the_reason(hub, gh, settings, tmp_path):
+    registered(settings, tmp_path)
+    bare = gh.create_issue("Chat", body="no spec here", user="alice")
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+
+    def refused(issue: int, command: str, user: str = "alice") -> str:
+        before = len(hub.bodies(issue))
+        hub.deliver("issue_comment", hub.comment_event(issue, command, user))
+        hub.process()
+        replies = hub.bodies(issue)[before + 1 :]  # after the comment itself
+        assert len(replies) == 1, (command, replies)
+        return replies[0]
+
+    assert "no training request" in refused(bare, "/retrain")
+    request = waiting_request(hub, number)
+    assert "nothing to approve yet" in refused(number, "/approve")
+    assert "`/cancel` it first" in refused(number, "/rollback")
+    assert "takes a version number" in refused(number, "/rollback latest")
+    approve = refused(number, "/approve", user="rita")
+    assert "@rita" in approve and "Nothing was changed." in approve and "started" not in approve
+
+    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "1"
+    hub.store.save(request)
+    assert "bc-rf has no version 99" in refused(number, "/rollback 99")
+    assert "bc-rf has no version 99" in refused(number, "/approve 99")
+    assert "no earlier production version" in refused(number, "/rollback")
+    assert "nothing to cancel" in refused(number, "/cancel")
+    assert "only while it waits" in refused(number, "adjusted_hyperparameters:\n  n_estimators: 5")
+    assert hub.request(number).phase == SUCCEEDED and hub.bridge.inbox.counts() == {"done": 10}
+
+
+# ---------------------------------------------------------------------- webhooks and polling together
+
+
+def test_polling_a_home_that_webhooks_fed_starts_nothing_new(hub, gh, settings):
+    """One event starts one request, whichever way it came: the poller, run after (or beside) the
+    webhook on the same home, neither retrains a finished issue nor answers a comment twice; a
+    person re-labelling the issue, or commenting /retrain, does start a new request."""
+    body = SPEC.format(threshold=0.9, max_retry=1)
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    labeled = hub.issue_event("labeled", number, "alice", label={"name": "mlops:train"})
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"))
+    hub.deliver("issues", labeled)  # GitHub sends both for an issue opened with the label
+    hub.process()
+    hub.deliver("issue_comment", hub.comment_event(number, "/status", "alice"))
+    hub.process()
+    with hub.store.editing(hub.request(number).name) as finished:
+        finished.phase = SUCCEEDED
+    said = hub.bodies(number)
+
+    poller = Poller(settings, hub.bridge.inbox)
+    try:
+        assert poller.poll_once().queued == 2  # the issue and its comment, seen again
+        hub.process()
+        assert [r.name for r in hub.store.all()] == ["octo-org-models-1"]
+        assert hub.bodies(number) == said  # the /status was answered once
+        hub.deliver("issues", labeled, delivery="late")  # that label event again, later
+        hub.process()
+        assert [r.name for r in hub.store.all()] == ["octo-org-models-1"]
+
+        gh.advance(2)
+        gh.state.issues[number].updated_at = gh.now()  # the label removed and added again
+        hub.deliver("issues", hub.issue_event("labeled", number, "alice", label={"name": "mlops:train"}))
+        hub.process()
+        assert [r.name for r in hub.store.all()] == ["octo-org-models-1", "octo-org-models-1-2"]
+        assert poller.poll_once().queued == 0 and hub.request(number).phase == PENDING
+    finally:
+        poller.close()
+
+
+# ---------------------------------------------------------------------- crashes and restarts
+
+
+class BridgeProcess:
+    """`issueops bridge serve` as its own process (its own process group), on a shared home."""
+
+    def __init__(self, settings: Settings, gh: GitHubDouble, log: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {
+            **os.environ,
+            "ISSUEOPS_HOME": str(settings.home),
+            "GITHUB_TOKEN": TOKEN,
+            "GITHUB_REPOSITORY": gh.full_name,
+            "GITHUB_API_URL": gh.url,
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "ISSUEOPS_GITHUB_THROTTLE": "0",
+            "ISSUEOPS_LOG_LEVEL": "INFO",
+        }
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "issueops.cli", "bridge", "serve", "--port", str(self.port)],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("the bridge did not start")
+
+    def kill(self) -> None:
+        """kill -9 of its whole process group, as an OOM kill or a node failure does."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+
+def attempt_pids(home: Path) -> dict[str, int]:
+    return {p.name.removesuffix(".pid"): int(p.read_text()) for p in (home / "attempts").glob("*.pid")}
+
+
+def wait_until(check, timeout: float = 240.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_pod_restart_restarts_the_attempt_and_a_killed_bridge_picks_it_up(gh, settings, tmp_path):
+    """kill -9 of the bridge and its attempt together (a pod restart): the next bridge starts the
+    attempt again without using the only try max_retry 0 gives; then kill -9 of that bridge alone:
+    the next one follows the surviving attempt. The request passes at attempt 1, and the one status
+    comment ends final, naming the lost run."""
+    from issueops.registry import Registry
+
+    store = RequestStore(settings.home)
+    number = gh.create_issue(
+        "Train", body=SPEC.format(threshold=0.8, max_retry=0), labels=["mlops:train"], user="alice"
+    )
+    log = tmp_path / "bridges.log"
+    first = BridgeProcess(settings, gh, log)
+    payloads = Payloads(gh, first.url)
+    assert payloads.deliver("issues", payloads.issue_event("opened", number, "alice")).status_code == 202
+
+    def submitted(other_than: str | None = None) -> str | None:
+        request = store.for_issue(gh.full_name, number)
+        return request.run_id if request and request.run_handle and request.run_id != other_than else None
+
+    lost = wait_until(submitted, 120, "attempt 1")
+    first.kill()
+    os.killpg(attempt_pids(settings.home)[lost], signal.SIGKILL)  # the attempt's own group: the pod is gone
+
+    second = BridgeProcess(settings, gh, log)
+    run = wait_until(lambda: submitted(other_than=lost), 120, "attempt 1 started again")
+    second.kill()  # the bridge alone: its attempt runs on
+    assert Path(f"/proc/{attempt_pids(settings.home)[run]}").exists()
+
+    third = BridgeProcess(settings, gh, log)
+    try:
+        done = wait_until(
+            lambda: (r := store.for_issue(gh.full_name, number)) and not r.active and r, what="the decision"
+        )
+    finally:
+        third.kill()
+    assert done.phase == SUCCEEDED, (done.message, log.read_text()[-3000:])
+    assert done.attempt == 1 and done.run_id == run and done.attempts[0].lost_runs == [lost]
+    assert sorted(p.name for p in (settings.home / "attempts").glob("*.spec.json")) == sorted(
+        f"{r}.spec.json" for r in (lost, run)
+    )  # the surviving attempt was followed, not submitted again
+    assert Registry.from_settings(settings).production("bc-rf").version == 1
+    (status,) = [c.body for c in gh.comments_on(number) if STATUS_MARKER in c.body]
+    assert "**Finished** — ✅ pass" in status and "running…" not in status
+    assert f"`{lost}`" in status and "was lost" in status
+
+
+class LostRuns:
+    """A run backend whose every run is lost at once (the machine keeps restarting under it)."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+
+    def submit(self, run_id, spec, *, attempt, issue, repository) -> str:
+        self.submitted.append(run_id)
+        return f"pid:{len(self.submitted)}"
+
+    def state(self, run_id, handle) -> str:
+        from issueops.bridge.backends import LOST
+
+        return LOST
+
+    def cancel(self, run_id, handle) -> None:
+        pass
+
+
+def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_over(hub, gh, settings):
+    from issueops.bridge.controller import IssueReporter, RequestController
+    from issueops.requests import MAX_RESTARTS
+
+    backend = LostRuns()
+    controller = RequestController(settings, backend, IssueReporter(hub.clients))
+    body = SPEC.format(threshold=0.8, max_retry=2)
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    request = hub.store.save(
+        new_request(parse_issue_body(body), name="octo-org-models-1", repository=gh.full_name, issue=number)
+    )
+    for _ in range(20):
+        if not controller.step(request):
+            break
+    assert request.phase == FAILED and request.attempt == 1
+    assert len(backend.submitted) == MAX_RESTARTS + 1 and len(set(backend.submitted)) == MAX_RESTARTS + 1
+    assert f"lost {MAX_RESTARTS + 1} times" in request.message and "/retrain" in request.message
+    (status,) = [c.body for c in gh.comments_on(number) if STATUS_MARKER in c.body]
+    assert "**Interrupted**" in status and "running…" not in status
+    assert f"lost {MAX_RESTARTS + 1} times" in hub.bodies(number)[-1]
+
+    hub.store.save(request)
+    hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
+    hub.process()
+    assert hub.request(number).name == "octo-org-models-1-2" and hub.request(number).phase == PENDING

@@ -269,7 +269,7 @@ def test_operator_limits_runs_survives_a_restart_cancels_on_delete_and_takes_ope
     """Two requests with a limit of one run: the second waits its turn; an operator restart
     while the first runs submits nothing twice; deleting the second while it runs stops its
     process; invalid operator input is refused; valid input starts the next attempt, which
-    exhausts max_retry and ends RolledBack."""
+    exhausts max_retry and ends Failed: nothing it made reached production, so nothing rolled back."""
     monkeypatch.setenv("ISSUEOPS_MAX_RUNNING", "1")
     attempts = home / "attempts"
     with operator():
@@ -315,7 +315,8 @@ def test_operator_limits_runs_survives_a_restart_cancels_on_delete_and_takes_ope
         done = cluster.wait("first", lambda b: phase(b) in ("RolledBack", "Failed"), 240, "attempt 2")
     assert runner.exception is None
     status = done["status"]
-    assert status["phase"] == "RolledBack", status["message"]
+    assert status["phase"] == "Failed", status["message"]
+    assert "has no production version" in status["message"]
     assert status["attempt"] == 2 and status["adjustedHyperparameters"] == {"n_estimators": 2}
     assert [a["decision"] for a in status["attempts"]] == ["retrain", "fail"]
     assert len(list(attempts.glob("*.spec.json"))) == 3  # first ×2, second ×1: nothing twice

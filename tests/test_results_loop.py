@@ -105,3 +105,19 @@ def test_github_failing_while_committing_history_leaves_the_registry_right(home,
     assert production.version == 1 and production.run_id == result["run_id"]
     assert not [p for p in github.files() if p.startswith("training_history/")]
     assert TOKEN not in done.stderr + done.stdout
+
+
+def test_a_version_waiting_for_manual_approval_says_so_with_the_command(home, tmp_path, github):
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": github.full_name, "GITHUB_API_URL": github.url}
+    issue = github.create_issue("Train", labels=["mlops:train"])
+    (tmp_path / "spec.yaml").write_text(PASSING.format(trees=30) + "manual_approval: true\n")
+    done = cli("run", str(tmp_path / "spec.yaml"), "--json", "--issue", str(issue), home=home, env=env)
+    assert done.returncode == 0, done.stderr
+    assert Registry.from_settings(Settings.from_env()).production("cancer-rf") is None
+    wanted = "Version 1 of `cancer-rf` waits for manual approval: comment `/approve 1` on issue"
+    comments = [c.body for c in github.comments_on(issue)]
+    (status,) = [c for c in comments if STATUS_MARKER in c]
+    assert wanted in status and "`issueops registry approve cancer-rf 1`" in status
+    assert "serving version" not in status and "no version in production yet" in status
+    (told,) = [c for c in comments if "issueops:notification" in c]
+    assert wanted in told

@@ -29,6 +29,7 @@ from issueops.requests import (
     expire,
     operator_timeout_s,
     record_result,
+    restart_attempt,
     rolled_back,
     run_failed,
     set_condition,
@@ -38,7 +39,7 @@ from issueops.requests import (
 from issueops.requests import (
     RUNNING as PHASE_RUNNING,
 )
-from issueops.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming, after_rollback, production_after
 from issueops.runs import PIPELINE_STEPS, RunRecord, collect_result
 from issueops.status import ConsoleSink, GitHubCommentSink, render_status
 from issueops.store import open_store
@@ -46,8 +47,19 @@ from issueops.store import open_store
 log = logging.getLogger(__name__)
 
 
+LOST_REASON = "its process is gone: the bridge or its machine restarted under it"
+
+
 def _condition(request: TrainingRequest, kind: str) -> str | None:
     return next((c["status"] for c in request.conditions if c["type"] == kind), None)
+
+
+def _decision_stands(result: RunResult) -> bool:
+    """Whether a run that stopped early still decided its attempt: a retrain or fail decision
+    (the request's driver asks or rolls back itself), or a pass whose version was deployed."""
+    if result.decision in ("retrain", "fail"):
+        return True
+    return result.decision == "pass" and any(s.name == "deploy" and s.status == "done" for s in result.steps)
 
 
 class GitHubClients:
@@ -134,8 +146,10 @@ class RegistryActions:
 
         return model_name_for(request.spec.to_dict())
 
-    def rollback_request(self, request: TrainingRequest, reason: str) -> str:
+    def rollback_request(self, request: TrainingRequest, reason: str) -> dict:
+        """Undo what the request changed; the outcome as the pipeline's rollback step records it."""
         earlier = tuple(a.run_id for a in request.attempts if a.run_id != request.run_id)
+        earlier += tuple(run for a in request.attempts for run in a.lost_runs)
         outcome = self._registry().rollback_request(
             self.model_name(request),
             request.run_id,
@@ -143,7 +157,17 @@ class RegistryActions:
             actor="issueops-bridge",
             attempt_run_ids=earlier,
         )
-        return outcome.message
+        return outcome.to_dict()
+
+    def production_note(self, request: TrainingRequest) -> str:
+        """Which version of the request's model stays in production, or that there is none."""
+        name = self.model_name(request)
+        try:
+            info = self._registry().production(name)
+        except (IssueOpsError, ImportError) as error:
+            log.warning("could not read the production version of %s: %s", name, error)
+            return ""
+        return production_after(name, changed=False, to_version=info.version if info else None)
 
     def approve(self, request: TrainingRequest, version: str | None, by: str | None) -> str:
         version = version or request.model_version
@@ -207,6 +231,7 @@ class RequestController:
             return self._follow(request)
         if request.phase == WAITING:
             if expire(request, self.clock()):
+                request.message = f"{request.message} {self.registry.production_note(request)}".strip()
                 self._notice(request, "The request timed out waiting for the operator", request.message)
                 return True
             if _condition(request, "QuestionPosted") == "False":  # GitHub failed us last time
@@ -219,16 +244,16 @@ class RequestController:
         if state == RUNNING:
             return self.reporter.show_status(request, self._status_body(request))
         result = collect_result(self.store, request.run_id)
+        if state == LOST and not _decision_stands(result):
+            return self._lost(request)
         if result.decision not in ("pass", "retrain", "fail"):
             error = RunRecord(self.store, request.run_id).error()
             if error:
                 reason = f"step {error.get('step')}: " + "; ".join(error.get("problems") or [])
-            elif state == LOST:
-                reason = "the run stopped without a decision (its process is gone)"
             else:
                 reason = "the run finished without a decision"
             run_failed(request, f"Attempt {request.attempt} failed — {reason}.")
-            self.reporter.show_status(request, self._status_body(request))
+            self.reporter.show_status(request, self._status_body(request, state="Failed"))
             self._notice(request, f"Attempt {request.attempt} failed", request.message)
             return True
         decision = record_result(request, result, now=self.clock(), timeout_s=self.timeout_s)
@@ -237,6 +262,18 @@ class RequestController:
             self._ask(request, result)
         elif decision == "fail":
             self._finish_failed(request, result)
+        return True
+
+    def _lost(self, request: TrainingRequest) -> bool:
+        """The run died with its process (a pod restart, kill -9): the attempt starts again as a
+        new run, without using one of the operator's retries, or fails once restarts run out."""
+        lost = request.run_id
+        if restart_attempt(request, LOST_REASON, self.clock()):
+            log.warning("%s: run %s was lost; attempt %d starts again", request.name, lost, request.attempt)
+            self.reporter.show_status(request, self._status_body(request))
+            return True
+        self.reporter.show_status(request, self._status_body(request, state="Interrupted"))
+        self._notice(request, f"Attempt {request.attempt} failed", request.message)
         return True
 
     def _ask(self, request: TrainingRequest, result: RunResult) -> None:
@@ -255,19 +292,25 @@ class RequestController:
         done = record.read("rollback.json")  # the pipeline's fail branch rolls back itself
         if done is None:
             try:
-                detail = self.registry.rollback_request(request, result.message)
+                done = self.registry.rollback_request(request, result.message)
             except IssueOpsError as error:
                 request.message = f"{result.message} Rollback failed: {error}"
                 set_condition(request, "RolledBack", False, "RollbackFailed", str(error))
                 self._notice(request, "Training failed and the rollback did not complete", request.message)
                 return
             except ImportError:
-                detail = "No model registry is configured; nothing was promoted."
-        else:
-            detail = str(done.get("message") or "The production model stays as it was.")
-        rolled_back(request, f"{result.message} {detail}".strip())
+                done = {"model": self.registry.model_name(request), "changed": False}
+        detail = after_rollback({"model": self.registry.model_name(request), **done})
+        message = f"{result.message} {detail}".strip()
+        if done.get("changed"):
+            rolled_back(request, message)
+            title = "Training failed; production rolled back"
+        else:  # nothing of this request reached production: nothing was rolled back
+            request.message = message
+            set_condition(request, "RolledBack", False, "NothingToRollBack", detail)
+            title = "Training failed; production unchanged"
         if record.read("notify-training_failed.json") is None:
-            self._notice(request, "Training failed; production kept", request.message)
+            self._notice(request, title, request.message)
 
     # ------------------------------------------------------------------ operator input
 
@@ -307,11 +350,32 @@ class RequestController:
 
     # ------------------------------------------------------------------ comments
 
-    def _status_body(self, request: TrainingRequest, result: RunResult | None = None) -> str:
+    def _status_body(
+        self, request: TrainingRequest, result: RunResult | None = None, *, state: str | None = None
+    ) -> str:
+        """The attempt's status comment; `state` ends it without a result (Failed, Interrupted)."""
         steps = RunRecord(self.store, request.run_id).steps() if request.run_id else []
+        if state is not None:  # the run is over: a step it left running will not finish
+            steps = [
+                StepTiming(s.name, "interrupted", s.seconds) if s.status.startswith("running") else s
+                for s in steps
+            ]
         seen = {s.name for s in steps}
         steps += [StepTiming(name, "pending") for name in PIPELINE_STEPS if name not in seen]
-        return render_status(request.title, steps, result=result, run_id=request.run_id)
+        current = request.current()
+        lost = [run for run in (current.lost_runs if current else []) if run != request.run_id]
+        note = None
+        if lost:
+            runs = ", ".join(f"`{run}`" for run in lost)
+            note = (
+                f"Run{'s' if len(lost) > 1 else ''} {runs} of this attempt {'were' if len(lost) > 1 else 'was'} "
+                f"lost ({LOST_REASON}); the attempt started again."
+            )
+        if state == "Interrupted":
+            note = request.message
+        return render_status(
+            request.title, steps, result=result, run_id=request.run_id, state=state, note=note
+        )
 
     def _post(self, request: TrainingRequest, body: str) -> None:
         try:

@@ -95,6 +95,28 @@ class Inbox:
             out.append(Delivery(ident, event, data))
         return out
 
+    def take(self, delivery_id: str, lease: float = 300.0) -> bool:
+        """Claim a queued delivery for this process; False when another one took it first.
+
+        `bridge serve` and a `bridge poll --once` from cron may share one home: each delivery is
+        handled by one of them. A taker that dies leaves it queued; it is taken again after `lease`.
+        """
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE deliveries SET not_before = ? WHERE id = ? AND state = ? AND not_before <= ?",
+                (now + lease, delivery_id, QUEUED, now),
+            )
+        return cursor.rowcount == 1
+
+    def claim(self, key: str, delivery_id: str) -> bool:
+        """Mark one GitHub event (`key`: a comment, say) as handled by `delivery_id`; False when
+        another delivery (the same event brought by the other route) already claimed it."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)", (key, delivery_id))
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == delivery_id
+
     def retry_later(self, delivery_id: str, seconds: float, note: str) -> None:
         with self._lock:
             self._db.execute(

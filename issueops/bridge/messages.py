@@ -80,8 +80,8 @@ def question(request: TrainingRequest, result: RunResult, *, timeout_s: float) -
             "",
             "Or `/retrain` to train again as it is, `/cancel` to stop. Only people with write "
             "access to the repository (or on the allowlist) can steer a run. Without an answer "
-            f"within {format_seconds(timeout_s)} (by {request.wait_deadline}) the request fails and the "
-            "production model stays as it is.",
+            f"within {format_seconds(timeout_s)} (by {request.wait_deadline}) the request fails and nothing "
+            "changes in production.",
             "",
         ]
     )
@@ -118,10 +118,19 @@ def input_rejected(request: TrainingRequest, problems: Iterable[str]) -> str:
     )
 
 
-def not_allowed(user: str, what: str) -> str:
+def not_allowed(user: str, what: str, *, started: bool = True) -> str:
+    """The refusal for someone who may not steer; `started`: they tried to start training."""
+    outcome = "Nothing was started." if started else "Nothing was changed."
     return (
         f"{REPLY_MARKER}\n@{user} only people with write, maintain or admin access to this "
-        f"repository (or on the configured allowlist) can {what}. Nothing was started.\n"
+        f"repository (or on the configured allowlist) can {what}. {outcome}\n"
+    )
+
+
+def no_request(action: str, label: str) -> str:
+    return (
+        f"{REPLY_MARKER}\n`/{action}` was not applied: this issue has no training request. Add the "
+        f"`{label}` label with a training spec in the issue body to start one.\n"
     )
 
 

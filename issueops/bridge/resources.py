@@ -21,7 +21,7 @@ from issueops.bridge.backends import backend_from_env
 from issueops.bridge.controller import GitHubClients, IssueReporter, RequestController
 from issueops.bridge.service import max_running_from_env
 from issueops.config import Settings
-from issueops.errors import Conflict, InvalidInput, IssueOpsError
+from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
 from issueops.requests import (
     FAILED,
     PENDING,
@@ -154,12 +154,12 @@ class OperatorRuntime:
         try:
             given = OperatorInput.from_dict(raw)
             reply = self.controller.apply(request, given)
-        except (Conflict, InvalidInput) as error:
+        except (Conflict, InvalidInput, NotFound) as error:
             set_condition(request, "InputAccepted", False, "Rejected", str(error))
             request.message = f"Operator input not applied: {error}"
             body_text = (
                 messages.conflict(str(error))
-                if isinstance(error, Conflict)
+                if isinstance(error, Conflict | NotFound)
                 else messages.input_rejected(request, error.problems)
             )
             self._post(request, body_text)

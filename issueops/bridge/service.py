@@ -9,10 +9,12 @@ TrainingRequest resources for the operator (cluster mode).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from issueops.bridge import messages
@@ -20,7 +22,7 @@ from issueops.bridge.controller import RequestController
 from issueops.bridge.events import TRAIN_LABEL, Intent, interpret, read_adjusted
 from issueops.bridge.inbox import DONE, FAILED, Delivery, Inbox
 from issueops.config import Settings
-from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
 from issueops.requests import (
     RUNNING,
@@ -29,6 +31,7 @@ from issueops.requests import (
     TrainingRequest,
     new_request,
     run_failed,
+    starts_new_request,
 )
 from issueops.spec import TrainingSpec, parse_issue_body
 
@@ -84,6 +87,8 @@ class LocalBook:
     ):
         self.settings, self.store, self.controller = settings, store, controller
         self.max_running = max_running
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self._tick_file = open(settings.home / "bridge.tick.lock", "a")  # noqa: SIM115 - held for life
 
     def find(self, repository: str, issue: int) -> TrainingRequest | None:
         return self.store.for_issue(repository, issue)
@@ -109,6 +114,18 @@ class LocalBook:
             return self.controller.apply(fresh, given)
 
     def tick(self) -> None:
+        """Move the active requests on, one bridge process at a time per home (`bridge serve` and
+        a `bridge poll --once` from cron may share one); another process's turn is skipped."""
+        try:
+            fcntl.flock(self._tick_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        try:
+            self._tick()
+        finally:
+            fcntl.flock(self._tick_file, fcntl.LOCK_UN)
+
+    def _tick(self) -> None:
         """Move every active request as far as it can go now, oldest first, within the run limit."""
         active = self.store.active()
         running = sum(1 for r in active if r.phase == RUNNING)
@@ -154,6 +171,8 @@ class Bridge:
 
     def run_once(self) -> None:
         for delivery in self.inbox.queued():
+            if not self.inbox.take(delivery.id):  # another bridge process on this home has it
+                continue
             try:
                 note = self.handle(delivery)
             except ExternalServiceError as error:
@@ -199,12 +218,14 @@ class Bridge:
         if self.repository and intent.repository.lower() != self.repository.lower():
             return f"{intent.repository} is not the configured repository"
         if intent.kind == "request":
-            return self._request(intent)
-        return self._input(intent)
+            return self._request(intent, delivery)
+        return self._input(intent, delivery)
 
-    def _request(self, intent: Intent) -> str:
+    def _request(self, intent: Intent, delivery: Delivery, *, asked: bool = False) -> str:
+        """A new request from the issue body; `asked`: a person asked for one (`/retrain`)."""
         existing = self.book.find(intent.repository, intent.issue)
-        if existing is not None and existing.active:
+        action, issue = delivery.payload.get("action"), delivery.payload.get("issue") or {}
+        if not asked and not starts_new_request(existing, action, issue.get("updated_at")):
             return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
         client = self.github(intent.repository)
         if not self._may_steer(client, intent.sender):
@@ -221,11 +242,18 @@ class Bridge:
         self.inbox.wake.set()
         return f"request {request.name} created"
 
-    def _input(self, intent: Intent) -> str:
+    def _input(self, intent: Intent, delivery: Delivery) -> str:
+        # One comment is handled once, whether the webhook or the poller brought it.
+        if intent.comment_id and not self.inbox.claim(
+            f"comment:{intent.repository.lower()}:{intent.comment_id}", delivery.id
+        ):
+            return f"comment {intent.comment_id} was already handled"
         request = self.book.find(intent.repository, intent.issue)
-        if request is None:
-            return f"issue #{intent.issue} has no training request"
         client = self.github(intent.repository)
+        if request is None:
+            if self._may_steer(client, intent.sender):
+                self._reply(client, intent.issue, messages.no_request(intent.action, self.label))
+            return f"issue #{intent.issue} has no training request"
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, f"use /{intent.action} or steer a run")
             return f"{intent.sender} may not steer"
@@ -233,6 +261,11 @@ class Bridge:
         if intent.problems:
             self._reply(client, intent.issue, messages.input_rejected(request, intent.problems))
             return "input rejected: " + "; ".join(intent.problems)
+        if intent.action == "retrain" and not intent.adjusted and not request.active:
+            # A finished request is trained again because a person asked: a new request from
+            # the issue body as it is now (max_retry starts afresh).
+            body = (delivery.payload.get("issue") or {}).get("body") or ""
+            return self._request(replace(intent, kind="request", body=body), delivery, asked=True)
         given = OperatorInput(
             action=intent.action,
             id=f"comment-{intent.comment_id}",
@@ -242,7 +275,7 @@ class Bridge:
         )
         try:
             reply = self.book.apply(request, given)
-        except Conflict as error:
+        except (Conflict, NotFound) as error:
             self._reply(client, intent.issue, messages.conflict(str(error)))
             return f"/{intent.action} refused: {error}"
         except InvalidInput as error:
@@ -266,7 +299,8 @@ class Bridge:
         key = f"denied:{intent.repository}:{intent.issue}:{intent.sender.lower()}"
         if self.inbox.get(key):  # one explanation per person and issue, not one per attempt
             return
-        self._reply(client, intent.issue, messages.not_allowed(intent.sender, what))
+        started = intent.kind == "request"
+        self._reply(client, intent.issue, messages.not_allowed(intent.sender, what, started=started))
         self.inbox.put(key, "1")
 
     def _reply(self, client: GitHubClient | None, issue: int, body: str) -> None:

@@ -108,7 +108,8 @@ class Notification:
                 links.setdefault(name, uri)
         # A step that failed after the decision (the history commit, say) is told on every
         # channel, so a GitHub outage is not silent where GitHub cannot speak.
-        message = "\n\n".join([result.message, *(f"Warning: {w}" for w in result.warnings)]).strip()
+        notes = [result.approval_note(), *(f"Warning: {w}" for w in result.warnings)]
+        message = "\n\n".join([result.message, *(n for n in notes if n)]).strip()
         return cls(
             type=kind,
             title=title,
