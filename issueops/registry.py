@@ -355,13 +355,11 @@ class Registry:
         lock: RegistryLock | None = None,
         settings: Settings | None = None,
     ):
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.lock = lock or registry_lock(tracking_uri, settings)
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self._client = None
         self._experiment_id: str | None = None
         self._held = threading.local()
 
@@ -372,8 +370,12 @@ class Registry:
 
     @property
     def client(self):
-        """The MlflowClient, once the database's schema exists."""
-        prepare_database(self.tracking_uri, self.registry_uri)
+        """The MlflowClient, made once the database's schema exists (MLflow opens the store at once)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            prepare_database(self.tracking_uri, self.registry_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client
 
     @contextlib.contextmanager

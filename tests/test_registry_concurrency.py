@@ -93,3 +93,27 @@ def test_concurrent_promoters_leave_one_production_version_and_a_true_audit_trai
     Registry(uri).list_models()  # the schema exists: this test is about promotion, not creation
     _race(uri, "raced", tmp_path, {})
     assert_consistent(Registry(uri), "raced", PROMOTERS)
+
+
+def _first_use(home: str, barrier) -> None:
+    os.environ["ISSUEOPS_HOME"] = home
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    import mlflow  # noqa: F401 - loaded before the race: the race is the database's creation
+
+    registry = Registry.from_settings()
+    barrier.wait(timeout=120)
+    registry.list_models()
+    assert registry.production("nothing-yet") is None
+
+
+def test_processes_starting_at_once_on_a_fresh_home_all_find_the_registry(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    home = tmp_path / "fresh-home"
+    processes = [context.Process(target=_first_use, args=(str(home), barrier)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0] * 4
+    assert Registry(f"sqlite:///{home / 'mlflow.db'}").list_models() == []
