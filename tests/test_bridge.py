@@ -749,6 +749,176 @@ def test_github_gets_its_answer_while_the_worker_is_stuck(gh, settings):
         hub.close()
 
 
+# ---------------------------------------------------------------------- hostile bodies (issue 12)
+
+
+# GitHub's side, in another process (a bridge stalled by a parse holding the GIL must not stall the
+# sender too): the hostile delivery, then, while the bridge handles it, a valid one and /healthz.
+# The timeouts are GitHub's own 10 s.
+GITHUB_SENDS = """
+import json, sys, time, httpx
+job = json.load(sys.stdin)
+out = {}
+try:
+    for name in ("hostile", "valid"):
+        body, headers = job[name]
+        out[name] = httpx.post(job["url"] + "/webhook", content=body.encode(), headers=headers, timeout=10).status_code
+        time.sleep(0.5)  # the worker takes the hostile one up
+    out["healthz"] = httpx.get(job["url"] + "/healthz", timeout=10).status_code
+except httpx.TimeoutException as error:
+    out["timeout"] = type(error).__name__
+print(json.dumps(out))
+"""
+
+
+def test_github_and_healthz_get_their_answers_while_a_hostile_comment_is_handled(gh, settings):
+    """A 64 KiB comment of blank lines from someone with no access cost the bridge 18-74 s of CPU
+    before the permission check, and the next delivery waited that long for its 202; now its
+    author is checked first, and the 202 and /healthz never wait on it."""
+    import subprocess
+    import sys
+
+    from tests.hostile_bodies import comment_floods
+
+    hub = Hub(gh, settings, max_running=0)
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    route = "GET /repos/{owner}/{repo}/collaborators/{username}/permission"
+    gh.inject(route, "hang", times=1, hang_seconds=20)  # the hostile comment stays in hand a while
+    valid = gh.create_issue("Train 2", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"])
+
+    def signed(event: str, payload: dict, delivery: str) -> tuple[str, dict]:
+        raw = json.dumps(payload)
+        return raw, {
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": sign(SECRET, raw.encode()),
+        }
+
+    job = {
+        "url": hub.server.url,
+        "hostile": signed(
+            "issue_comment",
+            hub.comment_event(number, comment_floods()["command, then blank lines"], "trudy"),
+            "hostile",
+        ),
+        "valid": signed("issues", hub.issue_event("opened", valid, "alice"), "valid"),
+    }
+    hub.start_worker()
+    try:
+        sent = subprocess.run(
+            [sys.executable, "-c", GITHUB_SENDS],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert json.loads(sent.stdout) == {"hostile": 202, "valid": 202, "healthz": 200}, sent.stderr
+        assert hub.bridge.inbox.note("hostile")[0] == "queued"  # its author's access is still being checked
+        hub.wait_for(
+            lambda: hub.bridge.inbox.note("hostile")[0] == "done", timeout=90, what="the hostile one"
+        )
+        assert hub.request(number).phase == WAITING
+        assert any("@trudy" in b and "write, maintain or admin" in b for b in hub.bodies(number))
+        hub.wait_for(lambda: hub.request(valid), timeout=60, what="the valid request")
+    finally:
+        gh.close()
+        hub.close()
+
+
+def test_a_comment_is_read_only_once_its_author_may_steer(hub, gh, monkeypatch):
+    import issueops.bridge.events as events
+
+    read = []
+    monkeypatch.setattr(
+        events, "extract_document", lambda body, key: read.append(key) or {key: {"max_depth": 2}}
+    )
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    comment = "adjusted_hyperparameters:\n  max_depth: 2\n"
+    hub.deliver("issue_comment", hub.comment_event(number, comment, "trudy"))
+    hub.process()
+    assert read == [] and hub.request(number).phase == WAITING
+    hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
+    hub.process()
+    assert read == ["adjusted_hyperparameters"] and hub.request(number).phase == PENDING
+
+
+def test_a_collaborators_64_kib_comment_is_answered_with_its_problem(hub, gh):
+    from tests.hostile_bodies import comment_floods
+
+    number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+    waiting_request(hub, number)
+    body = comment_floods()["input key, then blank lines"]
+    hub.deliver("issue_comment", hub.comment_event(number, body, "alice"), delivery="flood")
+    hub.process()
+    assert hub.bridge.inbox.note("flood")[0] == "done" and hub.request(number).phase == WAITING
+    assert "not valid YAML" in hub.bodies(number)[-1]
+
+
+@pytest.mark.parametrize(
+    "name", ["400 nested lists", "a 5,000-digit integer", "an integer threshold over 1e309"]
+)
+def test_a_body_that_crashed_the_parser_is_answered_on_the_issue(hub, gh, name):
+    from tests.hostile_bodies import CRASHERS
+
+    body, expected = CRASHERS[name]
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"), delivery="crasher")
+    hub.process()
+    assert hub.bridge.inbox.note("crasher")[0] == "done" and hub.request(number) is None
+    (reply,) = hub.bodies(number)
+    assert "The training spec cannot be used" in reply and expected in reply
+
+
+def test_every_problem_of_a_spec_is_answered_at_once_on_the_issue(hub, gh):
+    from tests.hostile_bodies import HOSTILE
+
+    body = (HOSTILE / "six_problems.md").read_text()
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    hub.deliver("issues", hub.issue_event("opened", number, "alice"))
+    hub.process()
+    (reply,) = hub.bodies(number)
+    listed = [line for line in reply.splitlines() if line.startswith("- ")]
+    assert len(listed) == 6 and "sklearn:no_such_set" in listed[-1], reply
+
+
+def test_a_signed_payload_nested_too_deep_is_400(hub):
+    from tests.hostile_bodies import deep_json
+
+    raw = deep_json()
+    headers = {
+        "X-GitHub-Event": "issue_comment",
+        "X-GitHub-Delivery": "deep",
+        "X-Hub-Signature-256": sign(SECRET, raw),
+    }
+    answer = httpx.post(f"{hub.server.url}/webhook", content=raw, headers=headers, timeout=10)
+    assert answer.status_code == 400 and "nests too deeply" in answer.json()["message"]
+    assert hub.bridge.inbox.counts() == {}
+
+
+def test_a_signed_payload_with_wrongly_typed_fields_is_ignored_with_the_field_named(hub, gh):
+    number = gh.create_issue("Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"])
+    good = hub.issue_event("opened", number, "alice")
+    broken = {
+        "number": {**good, "issue": {**good["issue"], "number": str(number)}},
+        "labels": {**good, "issue": {**good["issue"], "labels": "mlops:train"}},
+        "sender": {**good, "sender": ["alice"]},
+        "body": {**good, "issue": {**good["issue"], "body": {"learning_type": "supervised"}}},
+    }
+    for name, payload in broken.items():
+        assert hub.deliver("issues", payload, delivery=name).status_code == 202
+    hub.process()
+    notes = {name: hub.bridge.inbox.note(name) for name in broken}
+    assert notes == {
+        "number": ("done", "malformed payload: issue.number is not a positive integer"),
+        "labels": ("done", "malformed payload: issue.labels is not a list"),
+        "sender": ("done", "malformed payload: sender is not an object"),
+        "body": ("done", "malformed payload: issue.body is not a string"),
+    }
+    assert hub.request(number) is None and hub.bodies(number) == []
+
+
 def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh, settings):
     from issueops.bridge.backends import FINISHED, LocalRunBackend
     from issueops.bridge.controller import IssueReporter, RequestController
