@@ -34,7 +34,7 @@ def load_dataset(dataset_id: str, settings: Settings, store: ObjectStore) -> Loa
         return _load_sklearn(dataset_id.split(":", 1)[1])
     if dataset_id.startswith("s3://"):
         return _load_s3_uri(dataset_id, settings)
-    if _STORE_ID.match(dataset_id) and Path(dataset_id).suffix not in TABLE_SUFFIXES:
+    if _STORE_ID.fullmatch(dataset_id) and Path(dataset_id).suffix not in TABLE_SUFFIXES:
         keys = _store_tables(store, dataset_id)
         if keys:
             return _from_store(store, dataset_id, keys)
@@ -88,7 +88,7 @@ def _from_store(store: ObjectStore, dataset_id: str, keys: dict[str, str]) -> Lo
 
 
 def _load_s3_uri(uri: str, settings: Settings) -> LoadedDataset:
-    match = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,62})/(.+)$", uri)
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,62})/(.+)", uri)
     if not match:
         raise DatasetError(f"'{uri[:100]}' is not a valid s3://bucket/key URI.")
     bucket, key = match.groups()

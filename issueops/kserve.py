@@ -44,7 +44,7 @@ def service_name(model: str) -> str:
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(model.encode()).hexdigest()[:6]
         name = f"{name[: MAX_NAME - 7].rstrip('-')}-{digest}"
-    if not _DNS_LABEL.match(name):
+    if not _DNS_LABEL.fullmatch(name):
         raise InvalidInput(f"Model name {model!r} cannot be turned into a Kubernetes name.")
     return name
 

@@ -179,16 +179,16 @@ def model_name_for(spec: dict[str, Any]) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise InvalidInput(
-            f"'{str(name)[:80]}' is not a valid model name: use up to 100 letters, digits, '.', '_' or '-'."
+            f"{str(name)[:80]!r} is not a valid model name: use up to 100 letters, digits, '.', '_' or '-'."
         )
     return name
 
 
 def _check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise InvalidInput(f"'{str(run_id)[:80]}' is not a valid run id.")
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise InvalidInput(f"{str(run_id)[:80]!r} is not a valid run id.")
     return run_id
 
 

@@ -20,8 +20,8 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 def safe_key(key: str) -> str:
     """A store key made only of plain path segments: no '..', no absolute paths."""
     parts = PurePosixPath(key.strip("/")).parts
-    if not parts or any(not _KEY_PART.match(p) for p in parts):
-        raise InvalidInput(f"'{key[:80]}' is not a valid object store key.")
+    if not parts or any(not _KEY_PART.fullmatch(p) for p in parts):
+        raise InvalidInput(f"{key[:80]!r} is not a valid object store key.")
     return "/".join(parts)
 
 

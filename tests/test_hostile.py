@@ -269,3 +269,17 @@ def test_a_wrongly_typed_payload_names_the_field():
         assert intent.kind == "ignore" and intent.reason == f"malformed payload: {reason}"
     comment = {**base, "action": "created", "issue": {"number": 7}, "comment": {"body": {"x": 1}}}
     assert interpret("issue_comment", comment).reason == "malformed payload: comment.body is not a string"
+
+
+def test_a_trailing_newline_passes_no_name_check():
+    """`^...$` with re.match accepts "name\n"; every name check matches the whole string."""
+    from issueops.datasets import load_dataset
+    from issueops.errors import InvalidInput
+    from issueops.registry import check_model_name
+    from issueops.store import safe_key
+
+    for check, value in ((check_model_name, "bc-rf\n"), (safe_key, "models/bc-rf\n/1")):
+        with pytest.raises(InvalidInput):
+            check(value)
+    with pytest.raises(InvalidInput, match="not a valid s3://bucket/key URI"):
+        load_dataset("s3://bucket/key\n", None, None)
