@@ -159,6 +159,17 @@ class GitHubClient:
             lambda: [_issue(i) for i in self._repo.get_issues(**options) if "/pull/" not in i.html_url],
         )
 
+    def create_issue(self, title: str, body: str, labels: Iterable[str] = ()) -> Issue:
+        """Open an issue with `labels` (GitHub creates labels it does not know yet)."""
+        names = [str(label) for label in labels]
+        # Not retried on 5xx or time-outs: GitHub may have opened it. A caller that must not open
+        # two looks for it again (by a marker in its body) before trying once more.
+        return self._call(
+            f"opening issue {title[:60]!r}",
+            lambda: _issue(self._repo.create_issue(title=title, body=body, labels=names)),
+            idempotent=False,
+        )
+
     def list_comments(self, issue: int, since: datetime | None = None) -> list[Comment]:
         """Comments on `issue`, oldest first, updated at or after `since` when given."""
         options = {"since": _utc(since)} if since is not None else {}

@@ -88,6 +88,7 @@ class Fault:
     times: int
     retry_after: int = 1
     hang_seconds: float = 30.0
+    applied: bool = False  # the request takes effect before the failure is answered
 
 
 @dataclass
@@ -328,19 +329,28 @@ class GitHubDouble:
         times: int = 1,
         retry_after: int = 1,
         hang_seconds: float = 30.0,
+        applied: bool = False,
     ) -> None:
         """Make the next `times` calls to `route` fail.
 
         `route` is "METHOD /template" as GitHub documents it, e.g.
-        "PUT /repos/{owner}/{repo}/contents/{path}", or "*" for every route.
+        "PUT /repos/{owner}/{repo}/contents/{path}", or "*" for every route. `applied=True`:
+        GitHub did what was asked and the answer still failed (a 502 after the issue was opened),
+        for an HTTP status fault.
         """
+        assert not applied or isinstance(fault, int), "applied goes with an HTTP status fault"
         assert fault in FAULTS, f"unknown fault {fault!r}; one of {FAULTS}"
         if route != "*":
             method, _, template = route.partition(" ")
             known = {(r.method, r.template) for r in self._routes}
             assert (method, template) in known, f"the double has no route {route!r}"
         with self._lock:
-            self._faults.append(Fault(route, fault, times, retry_after, hang_seconds))
+            self._faults.append(Fault(route, fault, times, retry_after, hang_seconds, applied))
+
+    def heal(self) -> None:
+        """Forget every injected fault that has not happened yet: GitHub is back."""
+        with self._lock:
+            self._faults.clear()
 
     # ------------------------------------------------------------------ inspection
 
@@ -1202,7 +1212,8 @@ class GitHubDouble:
                     if fault.kind == "hang":
                         self._closing.wait(fault.hang_seconds)
                     return None
-                self._raise_fault(fault)
+                if not fault.applied:
+                    self._raise_fault(fault)
             body = None
             if raw_body:
                 try:
@@ -1214,6 +1225,8 @@ class GitHubDouble:
                 self._check_repo(params)
                 self._count_rate()
                 answer = route.handler(params, query, body, path)
+            if fault is not None and fault.applied:
+                self._raise_fault(fault)
             status, payload = answer[0], answer[1]
             extra = dict(answer[2]) if len(answer) > 2 else {}
         except ApiError as error:

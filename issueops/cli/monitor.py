@@ -1,4 +1,5 @@
-"""`issueops monitor ...`: drift, delayed labels and performance of served versions.
+"""`issueops monitor ...`: drift, delayed labels and performance of served versions, the retraining
+triggers of every production model, and the receiver of KServe's payload logger.
 
 Each action is a few lines over issueops.monitoring; the registry is only read (which version is in
 production, what it was registered with). `--json` prints one JSON document.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from issueops.errors import InvalidInput, IssueOpsError, NotFound
@@ -16,6 +18,7 @@ from issueops.logs import mask
 
 DRIFT_WINDOW = "24h"
 PERFORMANCE_WINDOW = "30d"
+RECEIVER_PORT = 8080
 
 
 def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
@@ -68,8 +71,66 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
         default=MIN_LABELLED_ROWS,
         help=f"labelled rows needed to measure (default {MIN_LABELLED_ROWS})",
     )
+    _add_check_parser(actions)
+    serve = actions.add_parser(
+        "serve", help="receive KServe payload-logger CloudEvents and write them to the payload logs"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=RECEIVER_PORT, help=f"port (default {RECEIVER_PORT})")
     monitor.set_defaults(handler=run_monitor_command)
     return monitor
+
+
+def _add_check_parser(actions) -> None:
+    from issueops.monitoring.triggers import TriggerPolicy, duration
+
+    default = TriggerPolicy()
+    check = actions.add_parser(
+        "check",
+        help="evaluate every production model's retraining triggers (drift, performance, schedule)",
+    )
+    check.add_argument(
+        "--open-issues",
+        action="store_true",
+        help="act: open one retraining proposal per model and trigger (a GitHub issue, or a file in the "
+        "store without GitHub), remind and resolve; without it the verdicts are only printed",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--model", action="append", help="check only this model (repeatable)")
+
+    options = [  # flag, type, default, what
+        ("--drift-window", _duration_arg, default.drift_window, "length of a drift window, aligned to UTC"),
+        ("--drift-windows", int, default.drift_windows, "consecutive drifting windows that fire the trigger"),
+        ("--min-rows", int, default.min_rows, "rows a window needs"),
+        (
+            "--performance-window",
+            _duration_arg,
+            default.performance_window,
+            "traffic the performance trigger judges",
+        ),
+        ("--tolerance", float, default.tolerance, "how much worse than registered the metric may get"),
+        ("--min-labelled", int, default.min_labelled, "labelled rows needed to measure"),
+        ("--cooldown", _duration_arg, default.cooldown, "quiet time after a version goes to production"),
+        ("--remind-every", _duration_arg, default.remind_every, "at most one 'still firing' comment per"),
+    ]
+    for flag, kind, value, what in options:
+        said = duration(value) if isinstance(value, timedelta) else f"{value:g}"
+        check.add_argument(flag, type=kind, default=value, help=f"{what} (default {said})")
+
+
+def _duration_arg(text: str) -> timedelta:
+    from issueops.monitoring.payloads import parse_since
+
+    reference = datetime(2000, 1, 1, tzinfo=UTC)
+    if not text.strip()[-1:].isalpha():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 24h, 7d or 2w")
+    try:
+        value = reference - parse_since(text, reference)
+    except InvalidInput:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 24h, 7d or 2w") from None
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return value
 
 
 def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) -> int:
@@ -85,13 +146,15 @@ def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) 
                 from issueops.registry import Registry
 
                 registry = Registry.from_settings(settings)
-        data, text = _ACTIONS[args.monitor_command](args, registry, store)
+        if args.monitor_command == "serve":
+            return _serve(args, store)
+        data, text, *code = _ACTIONS[args.monitor_command](args, registry, store)
     except IssueOpsError as err:
         for problem in err.problems:
             print(mask(str(problem)), file=sys.stderr)
         return err.exit_code
     print(json.dumps(data, indent=2, default=str) if args.json else text)
-    return 0
+    return code[0] if code else 0
 
 
 def _served_version(registry, store, model: str, version: int | None) -> int:
@@ -216,4 +279,95 @@ def _performance(args, registry, store):
     return report.to_dict(), report.summary()
 
 
-_ACTIONS = {"drift": _drift, "feedback": _feedback, "performance": _performance}
+def _check(args, registry, store):
+    """`check`: the triggers; exit 1 when GitHub failed (the proposals are in the store then)."""
+    from issueops.config import Settings
+    from issueops.github import configured_client
+    from issueops.history import history_branch
+    from issueops.monitoring.triggers import TriggerPolicy, check_triggers
+
+    policy = TriggerPolicy(
+        drift_window=args.drift_window,
+        drift_windows=max(1, args.drift_windows),
+        min_rows=args.min_rows,
+        performance_window=args.performance_window,
+        tolerance=args.tolerance,
+        min_labelled=args.min_labelled,
+        cooldown=args.cooldown,
+        remind_every=args.remind_every,
+    )
+    github = configured_client(Settings.from_env()) if args.open_issues else None
+    report = check_triggers(
+        store,
+        registry,
+        policy=policy,
+        github=github,
+        act=args.open_issues,
+        branch=history_branch(),
+        models=args.model,
+    )
+    for error in report.errors:
+        print(mask(error), file=sys.stderr)
+    return report.to_dict(), _check_text(report), 1 if report.errors else 0
+
+
+def _check_text(report) -> str:
+    from issueops.monitoring.triggers import Action
+
+    if not report.models:
+        return "No model is in production: there is nothing to check."
+    rows = []
+    for model in report.models:
+        rows.append(f"{model.model} version {model.version} (in production since {model.production_since})")
+        rows += [f"  note: {note}" for note in model.notes]
+        for trigger in model.triggers:
+            rows.append(f"  {trigger.kind:<12} {'FIRING' if trigger.firing else 'ok':<7} {trigger.summary}")
+            issue = f"issue #{trigger.issue}" + (f" {trigger.issue_url}" if trigger.issue_url else "")
+            said = {
+                Action.OPENED: f"opened {issue}",
+                Action.COMMENTED: f"commented on {issue}",
+                Action.RESOLVED: f"resolved: said on {issue}"
+                if trigger.issue and not trigger.proposal
+                else f"resolved: noted beside {trigger.proposal}",
+                Action.STORED: f"proposal written to the store: {trigger.proposal}",
+                Action.WOULD_OPEN: "would open a retraining proposal (run with --open-issues)",
+                Action.FAILED: f"not done: {trigger.error}",
+            }.get(trigger.action)
+            if said is None and trigger.firing and (trigger.issue or trigger.proposal):
+                said = f"still firing: {issue if trigger.issue else trigger.proposal}"
+            if said:
+                rows.append(f"  {'':<12} {'':<7} -> {said}")
+        for body in model.proposals:
+            rows += ["", "-" * 72, body.rstrip(), "-" * 72]
+    return "\n".join(rows)
+
+
+def _serve(args, store) -> int:
+    """`serve`: the receiver until SIGTERM or SIGINT; what is queued is written before it exits."""
+    import signal
+    import threading
+
+    from issueops.bridge.webhook import HttpServer
+    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.receiver import make_receiver_app
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    logger = PayloadLogger(store, source="issueops-monitor-serve")
+    server = HttpServer(make_receiver_app(logger), args.host, args.port).start()
+    print(f"receiving payload-logger CloudEvents on {server.url}/ (Ctrl-C stops)", file=sys.stderr)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        logger.close()
+    stats = logger.stats
+    print(
+        f"logged {stats.logged} batch(es) of events, dropped {stats.dropped}, failed {stats.failed}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+_ACTIONS = {"drift": _drift, "feedback": _feedback, "performance": _performance, "check": _check}
