@@ -95,6 +95,24 @@ def test_concurrent_promoters_leave_one_production_version_and_a_true_audit_trai
     assert_consistent(Registry(uri), "raced", PROMOTERS)
 
 
+def test_concurrent_promoters_in_pods_sharing_a_lease_keep_the_registry_whole(tmp_path):
+    """As pods on a cluster do: the lock is a Kubernetes Lease (here the coordination API on loopback)."""
+    from tests.lease_double import LeaseApiDouble
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Registry(uri).list_models()
+    with LeaseApiDouble() as api:
+        environ = {
+            "ISSUEOPS_REGISTRY_LOCK": "lease",
+            "KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig")),
+        }
+        _race(uri, "leased", tmp_path, environ, promoters=4)
+        holders = {who for verb, _, who in api.writes if who}
+    assert len(holders) >= 4  # every promoter held the model's lease in turn
+    assert not (tmp_path / "mlflow.db.locks" / "model-leased.lock").exists()
+    assert_consistent(Registry(uri), "leased", 4)
+
+
 def _first_use(home: str, barrier) -> None:
     os.environ["ISSUEOPS_HOME"] = home
     os.environ.pop("MLFLOW_TRACKING_URI", None)
