@@ -33,6 +33,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"  # set by NVIDIA's GPU feature discovery
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+VERSION_ANNOTATION = "issueops.io/version"  # the receiver reads it from the logger's ce-annotations
 MAX_NAME = 45  # KServe keeps InferenceService names short enough for the Knative names derived from them
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -76,8 +77,11 @@ def inference_service(
     placement: Placement | None = None,
     canary_percent: int | None = None,
     run_id: str | None = None,
+    payload_logger_url: str | None = None,
 ) -> dict[str, Any]:
-    """The InferenceService manifest serving `version` of `model` from its Triton repository."""
+    """The InferenceService manifest serving `version` of `model` from its Triton repository; with
+    `payload_logger_url`, KServe's logger posts every request and response there (the
+    `issueops monitor serve` receiver), with the version annotation so each event names it."""
     placement = placement or Placement()
     if canary_percent is not None and not 0 <= canary_percent <= 100:
         raise InvalidInput("canaryTrafficPercent is a percentage (0-100).")
@@ -96,6 +100,12 @@ def inference_service(
     }
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = canary_percent
+    if payload_logger_url:
+        predictor["logger"] = {
+            "mode": "all",
+            "url": payload_logger_url,
+            "metadataAnnotations": [VERSION_ANNOTATION],
+        }
     if placement.device == "gpu":
         resources["limits"][GPU_RESOURCE] = "1"
         resources["requests"][GPU_RESOURCE] = "1"
@@ -111,7 +121,7 @@ def inference_service(
         "storageUri": storage_uri,
         "resources": resources,
     }
-    annotations = {"issueops.io/version": str(version), "issueops.io/device": placement.device}
+    annotations = {VERSION_ANNOTATION: str(version), "issueops.io/device": placement.device}
     if run_id:
         annotations["issueops.io/run-id"] = run_id
     if placement.plan:
@@ -168,7 +178,7 @@ class Deployment:
 def _served_version(existing: dict[str, Any] | None) -> int | None:
     if not existing:
         return None
-    value = existing.get("metadata", {}).get("annotations", {}).get("issueops.io/version")
+    value = existing.get("metadata", {}).get("annotations", {}).get(VERSION_ANNOTATION)
     return int(value) if value and value.isdigit() else None
 
 
@@ -215,6 +225,7 @@ def deploy_version(
         placement=placement,
         canary_percent=canary,
         run_id=package.get("run_id"),
+        payload_logger_url=os.environ.get("ISSUEOPS_PAYLOAD_LOGGER_URL") or None,
     )
     applied = apply(manifest, api=api)
     name = manifest["metadata"]["name"]

@@ -8,7 +8,9 @@ The CRD's schema is generated from issueops.algorithms; here it must (1) be what
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +358,253 @@ def test_algorithm_names_are_lowercase_in_the_crd_only():
     # validate_spec forgives "Random_Forest"; the API server takes the catalog's spelling only.
     doc = {**_base(ALGORITHMS["random_forest"]), "algorithm": "Random_Forest"}
     assert python_accepts(doc) and not crd_accepts(doc)
+
+
+# ---------------------------------------------------------------------- monitoring (issue 15)
+
+MONITORING = ROOT / "monitoring"
+PROMETHEUS = MONITORING / "prometheus"
+# The prometheus-operator CRDs' (monitoring.coreos.com/v1) schema for the fields these manifests use,
+# written from the CRDs' openAPIV3Schema: unknown fields are errors, as a strict apply makes them.
+_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _LABELS},
+    "additionalProperties": False,
+}
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": {"type": "string", "pattern": _DURATION},
+                                        "keep_firing_for": {"type": "string", "pattern": _DURATION},
+                                        "labels": _LABELS,
+                                        "annotations": _LABELS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _monitoring_docs() -> list[dict]:
+    return [
+        d for p in sorted(MONITORING.glob("*.yaml")) if p.name != "kustomization.yaml" for d in documents(p)
+    ]
+
+
+def _prometheus_docs() -> list[dict]:
+    return [
+        d for p in sorted(PROMETHEUS.glob("*.yaml")) if p.name != "kustomization.yaml" for d in documents(p)
+    ]
+
+
+def documented_series() -> set[str]:
+    """The metric names of the README's series table (Monitoring, "Metrics and alerts")."""
+    text = (ROOT.parent / "README.md").read_text()
+    table = text.split("### Metrics and alerts", 1)[1].split("| alert |", 1)[0]
+    return set(re.findall(r"^\| `(issueops_[a-z_]+)` \|", table, re.MULTILINE))
+
+
+def _series_in(expr: str) -> set[str]:
+    import re
+
+    names = set(re.findall(r"\bissueops_[a-z_]+", expr))
+    return {
+        re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count")) else n
+        for n in names
+    }
+
+
+def test_monitoring_manifests_validate_and_are_listed_by_their_kustomizations():
+    for doc in _monitoring_docs():
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    for folder in (MONITORING, PROMETHEUS):
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        files = {p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml"}
+        assert set(kustomization["resources"]) == files and kustomization["namespace"] == "issueops"
+    kinds = {d["kind"] for d in _monitoring_docs() + _prometheus_docs()}
+    assert "Secret" not in kinds
+    assert {"ServiceMonitor", "PrometheusRule"} == {d["kind"] for d in _prometheus_docs()}
+
+
+def test_the_check_cronjob_and_the_receiver_run_hardened_with_the_operators_settings():
+    docs = _monitoring_docs()
+    [cronjob] = [d for d in docs if d["kind"] == "CronJob"]
+    [receiver] = [d for d in docs if d["kind"] == "Deployment"]
+    job = cronjob["spec"]
+    assert job["concurrencyPolicy"] == "Forbid"
+    pods = {
+        "cronjob": job["jobTemplate"]["spec"]["template"]["spec"],
+        "receiver": receiver["spec"]["template"]["spec"],
+    }
+    [check] = pods["cronjob"]["containers"]
+    assert check["command"] + check["args"] == ["issueops", "monitor", "check", "--open-issues"]
+    [serve] = pods["receiver"]["containers"]
+    assert serve["command"][:3] == ["issueops", "monitor", "serve"]
+    assert "livenessProbe" in serve and "readinessProbe" in serve
+    operator = yaml.safe_load((ROOT / "operator" / "deployment.yaml").read_text())
+    operator_refs = {
+        (e["name"], e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    for name, pod in pods.items():
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            assert ":" in container["image"] and not container["image"].endswith(":latest"), name
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert {"requests", "limits"} <= set(container["resources"]), name
+            assert container["envFrom"] == [{"configMapRef": {"name": "issueops-config"}}], name
+            refs = {
+                (e["name"], e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                for e in container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            assert refs and refs <= operator_refs, name  # the Secrets as the operator reads them
+    # The logger URL of the examples and the README is the receiver's Service.
+    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "issueops-monitor"]
+    assert service["spec"]["selector"] == receiver["spec"]["selector"]["matchLabels"]
+    logged = yaml.safe_load((ROOT / "kserve" / "examples" / "inferenceservice-logged.yaml").read_text())
+    assert (
+        logged["spec"]["predictor"]["logger"]["url"]
+        == "http://issueops-monitor.issueops.svc.cluster.local/events"
+    )
+
+
+def test_the_logged_inference_service_example_is_what_the_code_writes():
+    from issueops.kserve import inference_service
+
+    logged = yaml.safe_load((ROOT / "kserve" / "examples" / "inferenceservice-logged.yaml").read_text())
+    assert logged == inference_service(
+        "breast-cancer-random-forest",
+        1,
+        "s3://issueops/triton/breast-cancer-random-forest/1/cpu",
+        run_id="train-20261121-172359-79cf",
+        payload_logger_url="http://issueops-monitor.issueops.svc.cluster.local/events",
+    )
+
+
+def test_service_monitors_and_rules_follow_the_prometheus_operator_schema():
+    services = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"]: {p["name"] for p in d["spec"]["ports"]}
+        for p in [ROOT / "bridge" / "service.yaml", *MONITORING.glob("*.yaml")]
+        if p.name != "kustomization.yaml"
+        for d in documents(p)
+        if d["kind"] == "Service"
+    }
+    monitors = [d for d in _prometheus_docs() if d["kind"] == "ServiceMonitor"]
+    for monitor in monitors:
+        jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA).validate(monitor)
+        name = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+        if name != "issueops-serve":  # a Service of the user's own `issueops serve`
+            assert {e["port"] for e in monitor["spec"]["endpoints"]} <= services[name], name
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "issueops-bridge",
+        "issueops-operator",
+        "issueops-monitor",
+        "issueops-serve",
+    }
+    [rule] = [d for d in _prometheus_docs() if d["kind"] == "PrometheusRule"]
+    jsonschema.Draft202012Validator(PROMETHEUS_RULE_SCHEMA).validate(rule)
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    for alert in alerts:
+        expr = alert["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), alert["alert"]
+        assert (
+            alert["labels"]["severity"] in ("critical", "warning", "info") and alert["annotations"]["summary"]
+        )
+    names = {a["alert"] for a in alerts}
+    readme = (ROOT.parent / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in names)
+    for wanted in ("TrainingFailed", "InferenceErrorRate", "DriftPersisting", "NoModelServing", "StaleModel"):
+        assert f"IssueOps{wanted}" in names
+
+
+def test_alerts_and_dashboard_read_only_the_documented_series():
+    documented = documented_series()
+    assert len(documented) == 11
+    [rule] = [d for d in _prometheus_docs() if d["kind"] == "PrometheusRule"]
+    in_rules = set().union(*(_series_in(r["expr"]) for g in rule["spec"]["groups"] for r in g["rules"]))
+    [configmap] = [d for d in _monitoring_docs() if d["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    dashboard = json.loads(configmap["data"]["issueops.json"])
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    assert all(p["datasource"]["uid"] == "${datasource}" and p["targets"] for p in panels)
+    in_dashboard = set().union(*(_series_in(t["expr"]) for p in panels for t in p["targets"]))
+    assert in_rules <= documented and in_dashboard <= documented
+    assert in_rules | in_dashboard == documented  # every documented series is read somewhere
