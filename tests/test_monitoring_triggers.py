@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issueops.bridge.events import interpret
 from issueops.cli import main
 from issueops.errors import InvalidInput
 from issueops.execution import check_inputs
@@ -33,7 +34,7 @@ from issueops.monitoring.triggers import (
 from issueops.registry import Registry
 from issueops.results import RunResult
 from issueops.runs import RunRecord
-from issueops.spec import SpecError, validate_spec
+from issueops.spec import SpecError, parse_issue_body, validate_spec
 
 try:
     from tests.github_double import GitHubDouble
@@ -250,6 +251,19 @@ def test_drift_opens_one_ready_proposal_then_reminds_then_resolves(env, gh, gith
         50,
     )
     assert spec.dataset_id.startswith(f"{model}-drift-") and spec.target == "churned"
+    # Adding mlops:train to it is a training request the bridge reads today, from this body.
+    labeled = {
+        "action": "labeled",
+        "label": {"name": "mlops:train"},
+        "issue": {
+            "number": issue.number, "state": "open", "body": issue.body,
+            "labels": [{"name": PROPOSAL_LABEL}, {"name": "mlops:train"}],
+        },
+        "repository": {"full_name": gh.full_name},
+        "sender": {"login": "alice"},
+    }  # fmt: skip
+    intent = interpret("issues", labeled)
+    assert intent.kind == "request" and parse_issue_body(intent.body) == spec
     exported = pd.read_csv(store.root / "datasets" / spec.dataset_id / "raw" / "train.csv")
     assert list(exported.columns) == ["age", "income", "plan", "churned"] and len(exported) == 150
     assert set(exported["churned"]) == {"stay", "leave"}

@@ -170,7 +170,7 @@ class ModelState:
     production_since: str | None = None
     checked_at: str | None = None
     drift_share: float | None = None  # of the latest complete window (for a gauge)
-    windows: dict[str, WindowVerdict] = field(default_factory=dict)  # "<version>/<start>"
+    windows: dict[str, WindowVerdict] = field(default_factory=dict)  # "<version>/<start>/<end>"
     triggers: dict[str, TriggerState] = field(default_factory=dict)
     format: int = STATE_FORMAT
 
@@ -390,7 +390,7 @@ def evaluate_drift(
     verdicts: list[WindowVerdict] = []
     latest: DriftReport | None = None
     for index, (start, end) in enumerate(bounds):
-        key = f"{production.version}/{_iso(start)}"
+        key = f"{production.version}/{_iso(start)}/{_iso(end)}"
         last = index == len(bounds) - 1
         if key in state.windows and not last:
             verdicts.append(state.windows[key])
@@ -603,8 +603,18 @@ def _proposal(result: TriggerResult, context: _Context, acting: _Acting) -> Prop
     spec = production.spec
     learning = (spec or {}).get("learning_type")
     if spec is not None and learning != "reinforcement" and context.log is not None:
-        since = result.since or production.since
-        data = slice_log(context.log, since, result.until or acting.now)
+        since, until = result.since or production.since, result.until or acting.now
+        data = context.log
+        if context.log.since is not None and since < context.log.since:  # a schedule reaching further back
+            data = read_inference_log(
+                acting.store,
+                production.model,
+                production.version,
+                since=since,
+                until=until,
+                feature_columns=context.profile.feature_columns,
+            )
+        data = slice_log(data, since, until)
         window = export_window(
             acting.store,
             data,
@@ -833,17 +843,14 @@ def check_triggers(
     if missing:
         raise NotFound(f"Model {missing[0]} has no production version: there is nothing to check.")
     for model in sorted(models or production):
-        check = check_model(
-            store,
-            registry,
-            model,
-            production[model],
-            policy=policy,
-            now=now,
-            github=github,
-            act=act,
-            branch=branch,
-        )
+        try:
+            check = check_model(
+                store, registry, model, production[model], policy=policy, now=now, github=github, act=act,
+                branch=branch,
+            )  # fmt: skip
+        except IssueOpsError as error:  # the store, MLflow: one model's trouble stops no other check
+            report.errors.append(f"{model}: {error}")
+            continue
         report.models.append(check)
         report.errors += [f"{model} {t.kind}: {t.error}" for t in check.triggers if t.error]
     return report
