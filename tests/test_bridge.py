@@ -1229,3 +1229,31 @@ def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_ove
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.process()
     assert hub.request(number).name == "octo-org-models-1-2" and hub.request(number).phase == PENDING
+
+
+def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
+    """Killed while writing history after a retrain decision: the decision stands (the question
+    is asked), nothing is trained again."""
+    from dataclasses import replace
+
+    from issueops.bridge.controller import IssueReporter, RequestController
+    from issueops.runs import RunOwner, RunRecord, mark_owner
+    from issueops.store import open_store
+
+    backend = LostRuns()
+    controller = RequestController(settings, backend, IssueReporter(hub.clients))
+    body = SPEC.format(threshold=0.99, max_retry=1)
+    number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")
+    request = new_request(
+        parse_issue_body(body), name="octo-org-models-1", repository=gh.full_name, issue=number
+    )
+    controller.step(request)
+    controller.step(request)  # submitted
+    store = open_store(settings)
+    record = RunRecord(store, request.run_id)
+    mark_owner(store, request.run_id, replace(RunOwner.current(), started=1))  # a process now gone
+    record.write("judgement.json", {"decision": "retrain", "message": "accuracy 0.86 misses the threshold"})
+    record.write("steps/write_history.json", {"name": "write_history", "status": "running"})
+    assert controller.step(request)
+    assert request.phase == WAITING and backend.submitted == [request.run_id]
+    assert any(QUESTION_MARKER in b for b in hub.bodies(number))

@@ -40,7 +40,7 @@ from issueops.requests import (
     RUNNING as PHASE_RUNNING,
 )
 from issueops.results import RunResult, StepTiming, after_rollback, production_after
-from issueops.runs import PIPELINE_STEPS, RunRecord, collect_result
+from issueops.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
 from issueops.status import ConsoleSink, GitHubCommentSink, render_status
 from issueops.store import open_store
 
@@ -54,12 +54,12 @@ def _condition(request: TrainingRequest, kind: str) -> str | None:
     return next((c["status"] for c in request.conditions if c["type"] == kind), None)
 
 
-def _decision_stands(result: RunResult) -> bool:
+def _decision_stands(decision: str | None, steps: list[StepTiming]) -> bool:
     """Whether a run that stopped early still decided its attempt: a retrain or fail decision
     (the request's driver asks or rolls back itself), or a pass whose version was deployed."""
-    if result.decision in ("retrain", "fail"):
+    if decision in ("retrain", "fail"):
         return True
-    return result.decision == "pass" and any(s.name == "deploy" and s.status == "done" for s in result.steps)
+    return decision == "pass" and any(s.name == "deploy" and s.status == "done" for s in steps)
 
 
 class GitHubClients:
@@ -244,8 +244,12 @@ class RequestController:
         if state == RUNNING:
             return self.reporter.show_status(request, self._status_body(request))
         result = collect_result(self.store, request.run_id)
-        if state == LOST and not _decision_stands(result):
-            return self._lost(request)
+        if state == LOST or result.decision == INTERRUPTED:
+            judgement = RunRecord(self.store, request.run_id).read("judgement.json") or {}
+            if not _decision_stands(judgement.get("decision"), result.steps):
+                return self._lost(request)
+            # Judged before it died: the decision stands, and what it left undone the driver does.
+            result.decision, result.message = judgement["decision"], judgement.get("message", "")
         if result.decision not in ("pass", "retrain", "fail"):
             error = RunRecord(self.store, request.run_id).error()
             if error:
