@@ -3,6 +3,7 @@ double, the durable inbox, the poller, and the full operator-in-the-loop on the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -1121,7 +1122,8 @@ class BridgeProcess:
 
     def kill(self) -> None:
         """kill -9 of its whole process group, as an OOM kill or a node failure does."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 
 
@@ -1150,30 +1152,43 @@ def test_a_pod_restart_restarts_the_attempt_and_a_killed_bridge_picks_it_up(gh, 
         "Train", body=SPEC.format(threshold=0.8, max_retry=0), labels=["mlops:train"], user="alice"
     )
     log = tmp_path / "bridges.log"
-    first = BridgeProcess(settings, gh, log)
-    payloads = Payloads(gh, first.url)
-    assert payloads.deliver("issues", payloads.issue_event("opened", number, "alice")).status_code == 202
+    bridges: list[BridgeProcess] = []
+
+    def bridge() -> BridgeProcess:
+        bridges.append(BridgeProcess(settings, gh, log))
+        return bridges[-1]
 
     def submitted(other_than: str | None = None) -> str | None:
         request = store.for_issue(gh.full_name, number)
         return request.run_id if request and request.run_handle and request.run_id != other_than else None
 
-    lost = wait_until(submitted, 120, "attempt 1")
-    first.kill()
-    os.killpg(attempt_pids(settings.home)[lost], signal.SIGKILL)  # the attempt's own group: the pod is gone
-
-    second = BridgeProcess(settings, gh, log)
-    run = wait_until(lambda: submitted(other_than=lost), 120, "attempt 1 started again")
-    second.kill()  # the bridge alone: its attempt runs on
-    assert Path(f"/proc/{attempt_pids(settings.home)[run]}").exists()
-
-    third = BridgeProcess(settings, gh, log)
     try:
+        first = bridge()
+        payloads = Payloads(gh, first.url)
+        answer = payloads.deliver("issues", payloads.issue_event("opened", number, "alice"))
+        assert answer.status_code == 202
+        lost = wait_until(submitted, 120, "attempt 1")
+        first.kill()
+        os.killpg(attempt_pids(settings.home)[lost], signal.SIGKILL)  # its own group: the pod is gone
+
+        second = bridge()
+        run = wait_until(lambda: submitted(other_than=lost), 120, "attempt 1 started again")
+        second.kill()  # the bridge alone: its attempt runs on
+        assert Path(f"/proc/{attempt_pids(settings.home)[run]}").exists()
+
+        bridge()
         done = wait_until(
             lambda: (r := store.for_issue(gh.full_name, number)) and not r.active and r, what="the decision"
         )
-    finally:
-        third.kill()
+    finally:  # nothing of this test outlives it, whatever failed
+        for started in bridges:
+            started.kill()
+        from issueops.bridge.backends import LocalRunBackend
+
+        for run_id, pid in attempt_pids(settings.home).items():
+            if LocalRunBackend._alive(pid, run_id):  # still our attempt, not a reused pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
     assert done.phase == SUCCEEDED, (done.message, log.read_text()[-3000:])
     assert done.attempt == 1 and done.run_id == run and done.attempts[0].lost_runs == [lost]
     assert sorted(p.name for p in (settings.home / "attempts").glob("*.spec.json")) == sorted(
