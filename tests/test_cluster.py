@@ -228,3 +228,38 @@ def test_the_generated_crd_is_what_the_api_server_stores(kube):
     served = stored["spec"]["versions"][0]
     assert served["schema"] == generated["schema"]
     assert served["additionalPrinterColumns"] == generated["additionalPrinterColumns"]
+
+
+def test_every_status_field_the_operator_writes_is_kept(kube, namespace):
+    """A status with every field set, written through /status, reads back unchanged: nothing the
+    operator records (and resumes from after a restart) is pruned by the schema."""
+    from issueops.requests import AttemptRecord, TrainingRequest, set_condition
+
+    stored = objects(kube).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        training_request("full", fast_spec(issue={"repository": "octo-org/models", "number": 7})),
+    )
+    request = TrainingRequest.from_resource(stored)
+    request.phase, request.attempt, request.restarts = "Running", 2, 1
+    request.run_id, request.run_handle = "train-20260101-000000-aaaa-r1", "pid:42"
+    request.model_name, request.model_version, request.metric_value = "bc-rf", "3", 0.91
+    request.adjusted_hyperparameters = {"n_estimators": 5}
+    request.attempts = [
+        AttemptRecord(1, "train-20260101-000000-aaaa", "retrain", 0.85, {"n_estimators": 1}, 11),
+        AttemptRecord(
+            2, "train-20260101-000000-aaaa-r1", None, None, {}, 12, ["train-20260101-000000-aaaa-r0"]
+        ),
+    ]
+    request.status_comment_id, request.status_digest = 12, "c6ce8983abc6a6c3"
+    request.wait_deadline, request.applied_inputs = "2026-01-02T00:00:00Z", ["comment-8"]
+    set_condition(request, "Running", True, "AttemptSubmitted", "attempt 2")
+    status = request.status()
+    assert all(value not in (None, [], {}) for value in status.values()), status
+    stored["status"] = status
+    objects(kube).replace_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "full", stored)
+    read = objects(kube).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "full")["status"]
+    assert read == status
+    assert TrainingRequest.from_resource({**stored, "status": read}).status() == status
