@@ -353,7 +353,10 @@ def _read_context(
     except (NotFound, InvalidInput) as error:
         why = str(error)
     if profile is not None:
-        reach = max(policy.drift_window * policy.drift_windows + policy.settle, policy.performance_window)
+        # The first drift window starts up to one window length before N lengths back.
+        reach = max(
+            policy.drift_window * (policy.drift_windows + 1) + policy.settle, policy.performance_window
+        )
         since = max(production.since, now - reach)
         try:
             log_ = read_inference_log(
