@@ -22,7 +22,13 @@ from issueops.github import GitHubClient, RetryPolicy
 from issueops.monitoring.payloads import PayloadLogger, read_inference_log, v2_tensors
 from issueops.monitoring.performance import record_feedback
 from issueops.monitoring.profile import build_reference_profile, save_reference_profile
-from issueops.monitoring.proposals import PROPOSAL_LABEL, proposal_ref, spec_from_proposal
+from issueops.monitoring.proposals import (
+    PROPOSAL_LABEL,
+    Proposal,
+    proposal_ref,
+    render_body,
+    spec_from_proposal,
+)
 from issueops.monitoring.triggers import (
     Action,
     TriggerPolicy,
@@ -494,6 +500,18 @@ def test_a_proposal_spec_is_refused_when_it_is_no_proposal_or_names_another_mode
     with pytest.raises(InvalidInput, match="put model_name: churn back"):
         spec_from_proposal(marked)
     assert spec_from_proposal(marked.replace("other", "churn")).dataset_id == "sklearn:iris"
+
+
+def test_a_proposal_with_evidence_too_long_for_an_issue_is_cut_and_its_spec_still_reads():
+    rows = "".join(f"| feature_é{i} | ks | {'9' * 200} | p = 0.001 | 0.05 | **yes** |\n" for i in range(600))
+    proposal = Proposal(
+        model="churn", trigger="drift", version=3, title="t", summary="Drift.", production_since="then",
+        evidence="| feature | test | statistic | p | threshold | drift |\n|---|---|---|---|---|---|\n" + rows,
+        spec={"learning_type": "supervised", "algorithm": "xgboost", "dataset_id": "sklearn:iris", "model_name": "churn"},
+    )  # fmt: skip
+    body = render_body(proposal)
+    assert len(body.encode()) <= 60_000 and "cut to fit the issue" in body
+    assert spec_from_proposal(body).algorithm == "xgboost"
 
 
 @pytest.mark.parametrize("value", ["7 days", 7, "0d", "400d", "1.5h", ""])

@@ -38,7 +38,7 @@ log = logging.getLogger("issueops.monitoring")
 PROPOSAL_LABEL = "mlops:retrain-proposal"
 APPROVE_COMMAND = "/approve-retrain"
 TRAIN_LABEL = "mlops:train"  # the bridge's label (issueops.bridge.events.TRAIN_LABEL)
-MAX_BODY_CHARS = 60_000  # GitHub takes 65,536; the spec parser reads bodies up to 64 KiB
+MAX_BODY_BYTES = 60_000  # GitHub takes 65,536 characters; the spec parser reads bodies up to 64 KiB
 OPEN_ATTEMPTS = 3  # tries to open an issue, each after looking for it again
 MAX_PLOTS = 6
 _MARKER = re.compile(
@@ -271,14 +271,20 @@ def said_time(moment: datetime | str | None) -> str:
 
 
 def _fit(head: str, evidence: list[str], plots: list[str], tail: str) -> str:
-    """The body within MAX_BODY_CHARS: the evidence is cut (by whole lines) before anything else."""
-    body = "\n\n".join([head, *evidence, *plots, tail]) + "\n"
-    if len(body) <= MAX_BODY_CHARS:
-        return body
-    room = MAX_BODY_CHARS - len(body) + len(evidence[1]) - 200
-    kept = evidence[1][: max(room, 0)].rsplit("\n", 1)[0]
-    evidence = [evidence[0], kept + "\n\n(cut to fit the issue: the full report is in the store)"]
-    return "\n\n".join([head, *evidence, *plots, tail]) + "\n"
+    """The body within MAX_BODY_BYTES: the evidence loses lines from its end before anything else."""
+
+    def joined(parts: list[str]) -> str:
+        return "\n\n".join([head, *parts, *plots, tail]) + "\n"
+
+    body, lines = joined(evidence), evidence[1].split("\n")
+    while len(body.encode()) > MAX_BODY_BYTES and lines:
+        lines = lines[: len(lines) * 3 // 4]
+        cut = (
+            "\n".join(lines)
+            + "\n\n(cut to fit the issue: `issueops monitor drift --json` gives every feature)"
+        )
+        body = joined([evidence[0], cut])
+    return body
 
 
 def render_update(model: str, trigger: str, headline: str, text: str, evidence: str = "") -> str:
@@ -287,9 +293,9 @@ def render_update(model: str, trigger: str, headline: str, text: str, evidence: 
     if evidence:
         parts.append(evidence)
     body = "\n\n".join(parts)
-    return (
-        body if len(body) <= MAX_BODY_CHARS else body[: MAX_BODY_CHARS - 40].rsplit("\n", 1)[0] + "\n\n(cut)"
-    )
+    while len(body.encode()) > MAX_BODY_BYTES:
+        body = body[: len(body) * 3 // 4].rsplit("\n", 1)[0] + "\n\n(cut)"
+    return body
 
 
 # ---------------------------------------------------------------------- GitHub and the store

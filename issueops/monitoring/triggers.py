@@ -275,7 +275,7 @@ class TriggerResult:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: v for k, v in asdict(self).items() if k != "plots"}  # files of the check's temp folder
         data["since"], data["until"] = _iso(self.since), _iso(self.until)
         return data
 
