@@ -13,11 +13,18 @@ for the publishing steps, so the two sets load on two cores. Each server is sing
 (forking is safe) and ends with the run, or when the process that started it is gone.
 Anything that is not a plain lightweight-component command falls back to KFP's own subprocess start.
 ISSUEOPS_LOCAL_TASKS=subprocess turns prefork off.
+
+A task dies with its run. The server leads a process group of its own that holds every task, forked
+or started as a subprocess, and whatever the tasks start; when the run's process dies (even by
+`kill -9`) the kernel tells the server (PR_SET_PDEATHSIG) and the server kills the whole group, so
+no task of a dead run goes on to finish and mark itself done. With ISSUEOPS_LOCAL_TASKS=subprocess
+the same server runs as a guard that preloads nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -99,20 +106,41 @@ def preload_for(algorithm: str, learning_type: str) -> Preload:
 
 # ---------------------------------------------------------------- server (the preloaded process)
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(signum: int, parent: int) -> None:
+    """Have the kernel send `signum` to this process when `parent` (its parent) exits; if the parent
+    is already gone, act on it now. Linux only: elsewhere the server's polling of its parent remains."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+
+
+def _end_run_group(signum=None, frame=None) -> None:  # noqa: ARG001 - signal handler signature
+    """Kill the server's process group: both lanes, every task and all they started."""
+    os.killpg(0, signal.SIGKILL)
+    os._exit(0)  # not reached
+
 
 def serve(directory: str, preload: Preload, owner: int) -> None:
     """Load `shared`, fork the publish lane, load the data lane here; answer requests all along."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked tasks are reaped by the kernel
+    signal.signal(signal.SIGTERM, _end_run_group)
+    die_with_parent(signal.SIGTERM, owner)
     lane = _Lane(directory, "data", owner)
     lane.load(preload.shared)
+    data_lane = os.getpid()
     if os.fork() == 0:
         lane.listener.close()
-        lane = _Lane(directory, "publish", os.getppid())
+        die_with_parent(signal.SIGTERM, data_lane)
+        lane = _Lane(directory, "publish", data_lane)
     lane.load(preload.lanes()[lane.name])
     while True:
         lane.answer(timeout=1.0)
         if os.getppid() != lane.owner:  # whoever started us is gone: so is the run
-            os._exit(0)
+            _end_run_group()
 
 
 class _Lane:
@@ -142,8 +170,11 @@ class _Lane:
                 os._exit(0)
             sys.stdout.flush()
             sys.stderr.flush()
+            lane = os.getpid()
             if os.fork() == 0:
                 self.listener.close()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a task's SIGTERM ends the task alone
+                die_with_parent(signal.SIGKILL, lane)
                 _child(connection, request, fds)
             connection.close()
             for fd in fds:
@@ -244,7 +275,8 @@ class ServerGone(ConnectionRefusedError):
 class PreforkServer:
     """The preloaded processes of one pipeline run, reached over Unix sockets in a private directory."""
 
-    def __init__(self, preload: Preload):
+    def __init__(self, preload: Preload, *, forks_tasks: bool = True):
+        self.forks_tasks = forks_tasks
         self._dir = tempfile.mkdtemp(prefix="issueops-prefork-")
         self.process = subprocess.Popen(
             [
@@ -259,6 +291,7 @@ class PreforkServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # only import-time chatter; each task writes to the runner's stdout
             stderr=subprocess.DEVNULL,
+            process_group=0,  # the run's group: every task joins it, and it ends as one
         )
 
     def _connect(self, lane: str, deadline_s: float = 30.0) -> socket.socket:
@@ -293,7 +326,7 @@ class PreforkServer:
 
     def run(self, full_command: Sequence[str], env_vars: dict[str, str] | None) -> int | None:
         """Run one task; its exit status, or None where this command is not ours to start."""
-        parts = task_parts(full_command)
+        parts = task_parts(full_command) if self.forks_tasks else None
         if parts is None:
             return None
         source, args = parts
@@ -321,6 +354,29 @@ class PreforkServer:
             raise value
         raise RuntimeError(f"{function.__qualname__} ended without an answer (exit {value}).")
 
+    def run_subprocess(self, full_command: Sequence[str], env_vars: dict[str, str] | None) -> int:
+        """kfp's own subprocess start (subprocess_task_handler.run_local_subprocess), in the run's group."""
+        env = {**os.environ, **env_vars} if env_vars else None
+        try:
+            process = subprocess.Popen(
+                full_command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env=env,
+                process_group=self.process.pid,
+            )
+        except (OSError, subprocess.SubprocessError):  # the group is gone (the server died): start plainly
+            process = subprocess.Popen(
+                full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+            )
+        with process:
+            for line in iter(process.stdout.readline, ""):
+                print(line, end="")
+            print("\n")
+            return process.wait()
+
     def close(self) -> None:
         for lane in ("publish", "data"):
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
@@ -331,10 +387,15 @@ class PreforkServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        with contextlib.suppress(
+            OSError
+        ):  # tasks still running (the run was interrupted), and their children
+            os.killpg(self.process.pid, signal.SIGKILL)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
 _active: PreforkServer | None = None
+_guarding = False  # a run's tasks are in a group that ends with it (prefork or not)
 
 
 def active_server() -> PreforkServer | None:
@@ -349,11 +410,13 @@ def prefork_tasks(preload: Preload) -> Iterator[PreforkServer | None]:
     Nested uses share the outer server, so a caller can start it early (its imports then overlap
     the caller's own checks) and the run inside finds it ready.
     """
-    global _active
-    if _active is not None or os.environ.get("ISSUEOPS_LOCAL_TASKS", "prefork") != "prefork":
+    global _active, _guarding
+    if _active is not None or _guarding:
         yield _active
         return
-    server = PreforkServer(preload)  # first: it loads while this process imports kfp
+    forks = os.environ.get("ISSUEOPS_LOCAL_TASKS", "prefork") == "prefork"
+    # First: it loads while this process imports kfp. Without prefork it only guards the tasks.
+    server = PreforkServer(preload if forks else Preload((), (), ()), forks_tasks=forks)
     try:
         from kfp.local import subprocess_task_handler
     except BaseException:
@@ -363,14 +426,14 @@ def prefork_tasks(preload: Preload) -> Iterator[PreforkServer | None]:
 
     def run_local_subprocess(full_command, env_vars=None):
         status = server.run(full_command, env_vars)
-        return original(full_command=full_command, env_vars=env_vars) if status is None else status
+        return server.run_subprocess(full_command, env_vars) if status is None else status
 
     subprocess_task_handler.run_local_subprocess = run_local_subprocess
-    _active = server
+    _active, _guarding = (server if forks else None), True
     try:
-        yield server
+        yield _active
     finally:
-        _active = None
+        _active, _guarding = None, False
         subprocess_task_handler.run_local_subprocess = original
         server.close()
 

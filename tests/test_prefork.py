@@ -145,3 +145,71 @@ def test_preflight_checks_here_when_the_preloaded_process_is_gone(tmp_path):
         server.process.wait()
         with pytest.raises(DatasetError, match="no-such-dataset"):
             preflight(spec, Settings(home=tmp_path))
+
+
+LINGERING_RUN = """
+import sys
+from kfp import dsl, local
+from issueops.prefork import Preload, prefork_tasks
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def linger(path: str):
+    import os
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(path + ".tmp", "w") as out:
+        out.write(f"{os.getpid()} {child.pid}")
+    os.rename(path + ".tmp", path)
+    time.sleep(600)
+
+
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[2], raise_on_error=False)
+with prefork_tasks(Preload(("kfp.dsl.executor_main",), (), ())):
+    linger(path=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("tasks", ["prefork", "subprocess"])
+def test_a_running_task_and_its_children_die_with_the_run_that_started_it(tmp_path, tasks):
+    """kill -9 of the run (not of its process group): its task, and what the task started, end too."""
+    script = tmp_path / "run.py"
+    script.write_text(LINGERING_RUN)
+    pids = tmp_path / "pids"
+    run = subprocess.Popen(
+        [sys.executable, str(script), str(pids), str(tmp_path / "root")],
+        env={**os.environ, "ISSUEOPS_LOCAL_TASKS": tasks},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not pids.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        task, grandchild = map(int, pids.read_text().split())
+        assert _alive(task) and _alive(grandchild)
+        run.kill()
+        run.wait()
+        assert _wait_gone(task) and _wait_gone(grandchild)
+    finally:
+        run.kill()
+        run.wait()
+        for pid in _session(run.pid):
+            os.kill(pid, 9)
+
+
+def _session(sid: int) -> list[int]:
+    """The processes still running in session `sid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found

@@ -1,6 +1,8 @@
 """The run record: step states, errors, retries of bad input, and the step timeout."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,39 @@ def test_training_progress_reaches_the_console_and_the_status_comment(store):
     report.step_progress("train", "iteration 3, return 45.2")
     assert "- [ ] train — iteration 3, return 45.2" in shown[-1]
     assert render_step(seen[1]) == "- [ ] train — iteration 3, return 45.2"
+
+
+def test_a_run_reads_as_running_finished_or_interrupted_from_its_owner_process(store):
+    import socket
+    import subprocess
+
+    from issueops.runs import INTERRUPTED, RunOwner, RunState, mark_finished, mark_owner, run_state
+
+    assert run_state(store, "run-6") is RunState.UNKNOWN  # no owner recorded: a cluster run
+    mark_owner(store, "run-6")
+    assert run_state(store, "run-6") is RunState.RUNNING  # this process
+    mark_finished(store, "run-6")
+    assert run_state(store, "run-6") is RunState.FINISHED
+
+    child = subprocess.Popen(["sleep", "60"])
+    me = RunOwner.current()
+    started = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    owner = RunOwner(me.host, me.boot_id, child.pid, started)
+    assert owner.alive() is True
+    mark_owner(store, "run-7", owner)
+    with step_guard(store, "run-7", "prepare_data"):
+        pass
+    RunRecord(store, "run-7").write("steps/train.json", {"name": "train", "status": "running"})
+    child.kill()
+    child.wait()
+    assert owner.alive() is False
+    assert run_state(store, "run-7") is RunState.INTERRUPTED
+    result = collect_result(store, "run-7")
+    assert result.decision == INTERRUPTED and "during step train" in result.message
+    assert [(s.name, s.status) for s in result.steps] == [("prepare_data", "done"), ("train", INTERRUPTED)]
+
+    reused = RunOwner(owner.host, owner.boot_id, os.getpid(), owner.started)  # a pid used again later
+    assert reused.alive() is False
+    elsewhere = RunOwner(socket.gethostname() + "-other", owner.boot_id, child.pid, owner.started)
+    mark_owner(store, "run-8", elsewhere)
+    assert run_state(store, "run-8") is RunState.UNKNOWN  # another machine's process: cannot tell
