@@ -97,7 +97,9 @@ class CustomResource:
                 raise NotFound(
                     f"The cluster has no {self.kind} API ({self.api_version}): is {self.provider} installed?"
                 ) from None
-            if exc.status in (400, 422):
+            # A server-side apply of a field the CRD does not declare is a 500 from a real API
+            # server ("failed to create typed patch object"), yet no retry can change it.
+            if exc.status in (400, 422) or "field not declared in schema" in detail:
                 raise InvalidInput(f"Kubernetes rejected {what}: {detail}") from None
             raise ExternalServiceError(
                 f"Kubernetes API error {exc.status} on {what}: {detail}",
