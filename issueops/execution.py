@@ -101,36 +101,28 @@ def run_local(
         run_id = start_request(
             store, spec, issue=issue, repository=repository, attempt=attempt, run_id=run_id
         )
-        mark_owner(store, run_id)  # if this process dies, the record reads as interrupted
-        log_path = settings.home / "logs" / f"{run_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with _owned_run(store, run_id):  # if this process dies, the record reads as interrupted
+            log_path = settings.home / "logs" / f"{run_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
 
-        from kfp import local
+            from kfp import local
 
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=str(settings.home / "kfp"),
-            raise_on_error=False,
-        )
-        from pipelines.training import training_pipeline
+            local.init(
+                runner=local.SubprocessRunner(use_venv=False),
+                pipeline_root=str(settings.home / "kfp"),
+                raise_on_error=False,
+            )
+            from pipelines.training import training_pipeline
 
-        watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
-        if watcher:
-            watcher.start()
-        try:
-            with _redirect_output(log_path):
-                training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                mark_finished(store, run_id)
-            else:  # Ctrl-C or a stop signal turned into SystemExit: its tasks were stopped with it
-                mark_interrupted(store, run_id, f"the run was stopped ({type(exc).__name__})")
-            raise
-        else:
-            mark_finished(store, run_id)
-        finally:
+            watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
             if watcher:
-                watcher.stop()
+                watcher.start()
+            try:
+                with _redirect_output(log_path):
+                    training_pipeline(spec_json=spec.to_json(), run_id=run_id, attempt=attempt)
+            finally:
+                if watcher:
+                    watcher.stop()
     result = collect_result(store, run_id)
     result.artifacts["log"] = str(log_path)
     error = RunRecord(store, run_id).error()
@@ -142,6 +134,22 @@ def run_local(
             f"Run {run_id} failed in step {error['step'] if error else '?'}: {reason} (log: {log_path})."
         )
     return result
+
+
+@contextlib.contextmanager
+def _owned_run(store: ObjectStore, run_id: str):
+    """This process runs the run: its record names the process, and says how the run ended."""
+    mark_owner(store, run_id)
+    try:
+        yield
+    except Exception:
+        mark_finished(store, run_id)
+        raise
+    except BaseException as exc:  # Ctrl-C, or a stop signal made SystemExit: its tasks end with it
+        mark_interrupted(store, run_id, f"the run was stopped ({type(exc).__name__})")
+        raise
+    else:
+        mark_finished(store, run_id)
 
 
 @contextlib.contextmanager
