@@ -52,6 +52,15 @@ class Settings:
     registry_lock_wait_s: float = 120.0
     namespace: str = "issueops"
     in_cluster: bool = False
+    payload_log: str | None = None  # ISSUEOPS_PAYLOAD_LOG as given: `issueops serve` checks it
+
+    @property
+    def payload_log_rate(self) -> float:
+        """The share of inferences `issueops serve` logs (0 to 1, default 1); InvalidInput for
+        anything else."""
+        from issueops.monitoring.payloads import payload_sample_rate
+
+        return payload_sample_rate(self.payload_log)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,4 +89,5 @@ class Settings:
             registry_lock_wait_s=_seconds("ISSUEOPS_REGISTRY_LOCK_WAIT", 120.0),
             namespace=_env("ISSUEOPS_NAMESPACE", "issueops"),
             in_cluster=_env("KUBERNETES_SERVICE_HOST") is not None,
+            payload_log=_env("ISSUEOPS_PAYLOAD_LOG"),
         )

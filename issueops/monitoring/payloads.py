@@ -31,10 +31,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from issueops.errors import InvalidInput, IssueOpsError, NotFound
 from issueops.store import ObjectStore
+
+from .metrics import PAYLOAD_LOG_DROPPED, PAYLOAD_LOG_QUEUE_DEPTH
 
 log = logging.getLogger("issueops.monitoring")
 
@@ -269,8 +272,7 @@ def write_events(
     for event in events:
         moment = _event_time(event) or datetime.now(UTC)
         prefix = payload_prefix(event[MODEL_EXTENSION], event[VERSION_EXTENSION], moment.date())
-        line = json.dumps(event, separators=(",", ":"), default=_json_default).encode()
-        groups.setdefault(prefix, []).append(line)
+        groups.setdefault(prefix, []).append(_event_line(event))
     keys = []
     stamp = datetime.now(UTC).strftime("%H%M%S")
     for prefix, lines in groups.items():
@@ -280,6 +282,15 @@ def write_events(
         store.put_bytes(key, gzip.compress(data, compresslevel=5, mtime=0) if compress else data)
         keys.append(key)
     return keys
+
+
+def _event_line(event: Mapping[str, Any]) -> bytes:
+    """One event as a JSON line. orjson writes NaN and infinities as null (JSON has neither; the
+    reader reads null as NaN, a missing value); json takes the integers orjson cannot (over 64 bits)."""
+    try:
+        return orjson.dumps(event, default=_json_default)
+    except TypeError:
+        return json.dumps(event, separators=(",", ":"), default=_json_default).encode()
 
 
 def _json_default(value: Any) -> Any:
@@ -318,10 +329,33 @@ class PayloadLogStats:
 class _Inference:
     model: str
     version: int | str
-    request: Mapping[str, Any]
-    response: Mapping[str, Any]
+    request: Mapping[str, Any] | None
+    response: Mapping[str, Any] | None
     request_id: str | None
     time: datetime
+    inputs: Mapping[str, np.ndarray] | None = None  # log_tensors: made V2 JSON on the logger's thread
+    outputs: Mapping[str, np.ndarray] | None = None
+    nbytes: int = 0
+
+    def as_events(self, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        request, response = self.request, self.response
+        if self.inputs is not None:
+            request = {"id": self.request_id, "inputs": v2_tensors(self.inputs)}
+            response = {
+                "id": self.request_id,
+                "model_name": self.model,
+                "model_version": str(self.version),
+                "outputs": v2_tensors(self.outputs or {}),
+            }
+        return inference_events(
+            self.model,
+            self.version,
+            request,
+            response,
+            request_id=self.request_id,
+            time=self.time,
+            source=source,
+        )
 
 
 @dataclass
@@ -342,9 +376,10 @@ class PayloadLogger:
 
     `log()` only samples and queues: the events are built, serialised and written by the thread,
     a batch per `batch_size` inferences or `flush_interval_s`, whichever comes first. When the store
-    stalls the queue fills up to `max_queue` inferences and further ones are dropped and counted
-    (`stats.dropped`), so memory stays bounded. The request and response given to `log()` must
-    not be changed by the caller afterwards.
+    stalls the queue fills up to `max_queue` inferences (or `max_queue_bytes` of tensors given to
+    `log_tensors`) and further ones are dropped and counted (`stats.dropped`, and the
+    issueops_payload_log_dropped_total counter), so memory stays bounded. What is given to `log()`
+    or `log_tensors()` must not be changed by the caller afterwards.
     """
 
     def __init__(
@@ -353,6 +388,7 @@ class PayloadLogger:
         *,
         sample_rate: float = 1.0,
         max_queue: int = 10_000,
+        max_queue_bytes: int = 256 << 20,
         batch_size: int = 1_000,
         flush_interval_s: float = 5.0,
         compress: bool = True,
@@ -366,6 +402,7 @@ class PayloadLogger:
         self.batch_size, self.flush_interval_s, self.compress = max(1, batch_size), flush_interval_s, compress
         self.stats = PayloadLogStats()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queue))
+        self.max_queue_bytes, self._queued_bytes = max(1, max_queue_bytes), 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -379,6 +416,10 @@ class PayloadLogger:
         """Inferences waiting to be written (for a gauge; bounded by max_queue)."""
         return self._queue.qsize()
 
+    def publish_queue_depth(self) -> None:
+        """Set the issueops_payload_log_queue_depth gauge (servers call it now and then)."""
+        PAYLOAD_LOG_QUEUE_DEPTH.set(self._queue.qsize())
+
     def log(
         self,
         model: str,
@@ -390,40 +431,71 @@ class PayloadLogger:
         time: datetime | None = None,
     ) -> bool:
         """Queue one inference (V2 JSON request and response); False when sampled out or dropped."""
+        request_id = str(request_id or request.get("id") or uuid.uuid4())
+        if not self._sampled(request_id):
+            return False
+        return self._put(_Inference(model, version, request, response, request_id, time or datetime.now(UTC)))
+
+    def log_tensors(
+        self,
+        model: str,
+        version: int | str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        *,
+        request_id: str,
+        time: datetime | None = None,
+    ) -> bool:
+        """Queue one inference as its input and output arrays by tensor name (what a server holds
+        once it has answered): their V2 JSON is made on the logger's thread, not the caller's.
+        False when sampled out or dropped."""
+        if not self._sampled(request_id):
+            return False
+        nbytes = sum(a.nbytes for a in inputs.values()) + sum(a.nbytes for a in outputs.values())
+        item = _Inference(
+            model, version, None, None, request_id, time or datetime.now(UTC), inputs, outputs, nbytes
+        )
+        return self._put(item)
+
+    def _sampled(self, request_id: str) -> bool:
         if self.sample_rate <= 0 or self._closed:
             return False
-        request_id = str(request_id or request.get("id") or uuid.uuid4())
         # The same id always gets the same decision, so a request and its replays are logged alike.
         if self.sample_rate < 1 and zlib.crc32(request_id.encode()) / 2**32 >= self.sample_rate:
             with self._lock:
                 self.stats.sampled_out += 1
             return False
+        return True
+
+    def _put(self, item: _Inference | _Events) -> bool:
         if self._thread is None:
             self.start()
+        nbytes = getattr(item, "nbytes", 0)
+        if nbytes:
+            with self._lock:
+                if self._queued_bytes + nbytes > self.max_queue_bytes and self._queued_bytes:
+                    return self._dropped()
+                self._queued_bytes += nbytes
         try:
-            self._queue.put_nowait(
-                _Inference(model, version, request, response, request_id, time or datetime.now(UTC))
-            )
+            self._queue.put_nowait(item)
         except queue.Full:
             with self._lock:
-                self.stats.dropped += 1
-            return False
+                self._queued_bytes -= nbytes
+                return self._dropped()
         return True
+
+    def _dropped(self) -> bool:
+        """Count one drop (the caller holds the lock)."""
+        self.stats.dropped += 1
+        PAYLOAD_LOG_DROPPED.inc()
+        return False
 
     def log_events(self, events: Sequence[Mapping[str, Any]]) -> bool:
         """Queue events already in the stored form (a receiver's events_from_http); no sampling,
         the sender sampled. False, and counted as dropped, when the queue is full."""
         if self._closed or not events:
             return False
-        if self._thread is None:
-            self.start()
-        try:
-            self._queue.put_nowait(_Events([dict(e) for e in events]))
-        except queue.Full:
-            with self._lock:
-                self.stats.dropped += 1
-            return False
-        return True
+        return self._put(_Events([dict(e) for e in events]))
 
     def start(self) -> None:
         with self._lock:
@@ -480,22 +552,16 @@ class PayloadLogger:
                 return
 
     def _write(self, batch: list[_Inference | _Events]) -> None:
+        nbytes = sum(getattr(item, "nbytes", 0) for item in batch)
+        if nbytes:
+            with self._lock:
+                self._queued_bytes -= nbytes
         events: list[dict[str, Any]] = []
         for item in batch:
             if isinstance(item, _Events):
                 events.extend(item.events)
                 continue
-            events.extend(
-                inference_events(
-                    item.model,
-                    item.version,
-                    item.request,
-                    item.response,
-                    request_id=item.request_id,
-                    time=item.time,
-                    source=self.source,
-                )
-            )
+            events.extend(item.as_events(self.source))
         try:
             write_events(self.store, events, compress=self.compress)
         except (IssueOpsError, OSError, TypeError, ValueError) as exc:

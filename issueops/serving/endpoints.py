@@ -7,6 +7,9 @@ binary tensors keep their bytes, all-JSON bodies are read whatever their content
 bodies have a size limit on both protocols and a time limit on HTTP, framing and tensors that are
 not a V2 request are a 400 (never a 500), an error does not cost the client its keep-alive
 connection, the model metadata names the served version, and gRPC listens on the given host.
+Every V2 infer request, on either protocol, is counted by model, version and status
+(issueops_inference_requests_total), and GET /metrics shows those series beside kserve's own,
+added up over every `--workers` process.
 
 kserve.model_server parses sys.argv when imported: call these after server._import_kserve().
 """
@@ -25,6 +28,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from typing_extensions import TypedDict
+
+from issueops.monitoring import metrics
 
 INFERENCE_HEADER = "inference-header-content-length"  # kserve's INFERENCE_CONTENT_LENGTH_HEADER
 MEBIBYTE = 1 << 20
@@ -77,6 +82,7 @@ class InferRoute:
     408 and its connection closed."""
 
     PATH = re.compile(r"/v2/models/([^/]+)/infer")
+    COUNTED = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")  # kserve's routes too
 
     def __init__(self, app, dataplane, max_request_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S):
         self.app, self.dataplane = app, dataplane
@@ -94,7 +100,13 @@ class InferRoute:
             return None if body is None else await body(scope, receive, send)
         match = self.PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
         if match is None:
-            return await self._forward(scope, _replay(body, receive), send)
+            if scope["path"] == "/metrics" and scope["method"] == "GET":
+                return await self._metrics(scope, receive, send)
+            counted = self.COUNTED.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+            status = await self._forward(scope, _replay(body, receive), send)
+            if counted and status:
+                count_inference(self.dataplane.model_registry, counted[1], status)
+            return None
         headers = dict(headers)
         try:
             await self._ready(match[1])  # an unknown model is a 404 whatever the body holds, as in kserve
@@ -103,12 +115,18 @@ class InferRoute:
                 infer_request = binary_tensor_request(body, json_length, match[1])
             else:
                 infer_request = json_request(body, match[1])
-            reply = None if infer_request is None else await self._infer(match[1], infer_request, headers)
+            reply, version = (
+                (None, None) if infer_request is None else await self._infer(match[1], infer_request, headers)
+            )
         except Exception as exc:  # noqa: BLE001 - answered as kserve answers it on its routes
-            reply = await self._error(Request(scope, receive), exc)
+            reply, version = await self._error(Request(scope, receive), exc), None
         if reply is None:  # not plain binary tensors: kserve's route decodes it (outside the try:
-            return await self._forward(scope, _replay(body, receive), send)  # it answers its own errors)
-        await reply(scope, receive, send)
+            status = await self._forward(scope, _replay(body, receive), send)  # it answers its own errors)
+        else:
+            await reply(scope, receive, send)
+            status = reply.status_code
+        if status:
+            count_inference(self.dataplane.model_registry, match[1], status, version)
 
     def _too_large(self, content_length: str | None) -> Response | None:
         if content_length is None or not content_length.isdigit():
@@ -164,12 +182,15 @@ class InferRoute:
         finally:
             timer.cancel()
 
-    async def _forward(self, scope, receive, send) -> None:
-        """kserve's app; an exception it has answered (500) does not drop the connection."""
-        answered = False
+    async def _forward(self, scope, receive, send) -> int | None:
+        """kserve's app; an exception it has answered (500) does not drop the connection. The
+        status it answered (None: none)."""
+        answered, status = False, None
 
         async def sending(message) -> None:
-            nonlocal answered
+            nonlocal answered, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
             await send(message)
             answered = message["type"] == "http.response.body" and not message.get("more_body", False)
 
@@ -180,6 +201,15 @@ class InferRoute:
             # uvicorn would then close the connection under the client's next request.
             if not answered:
                 raise
+        return status
+
+    async def _metrics(self, scope, receive, send) -> None:
+        """GET /metrics: kserve's histograms and issueops' series, of every worker process."""
+        from issueops.monitoring.metrics import exposition
+
+        accept = Headers(scope=scope).get("accept")
+        body, content_type = await asyncio.get_running_loop().run_in_executor(None, exposition, accept)
+        await Response(body, headers={"content-type": content_type})(scope, receive, send)
 
     async def _ready(self, name: str) -> None:
         from kserve.errors import ModelNotReady
@@ -187,18 +217,20 @@ class InferRoute:
         if not await self.dataplane.model_ready(name, True):
             raise ModelNotReady(name)
 
-    async def _infer(self, name: str, infer_request, headers: dict) -> Response:
+    async def _infer(self, name: str, infer_request, headers: dict) -> tuple[Response, str | None]:
+        """The response, and the version that answered."""
         from kserve.protocol.rest.v2_datamodels import InferenceResponse
 
         response, response_headers = await self.dataplane.infer(name, infer_request, headers)
+        version = getattr(response, "model_version", None)
         response, encoded_headers = self.dataplane.encode(name, response, headers, req_attributes={})
         response_headers = {**response_headers, **encoded_headers}
         for header in ("content-length", "content-type"):  # as kserve's route drops them
             response_headers.pop(header, None)
         if isinstance(response, bytes):  # binary outputs: the JSON header, then the tensors
-            return Response(response, headers=response_headers)
+            return Response(response, headers=response_headers), version
         body = InferenceResponse.model_validate(response).model_dump_json()  # the body kserve's route sends
-        return Response(body, headers=response_headers, media_type="application/json")
+        return Response(body, headers=response_headers, media_type="application/json"), version
 
     async def _error(self, request: Request, exc: Exception) -> Response:
         for kind in type(exc).__mro__:
@@ -206,6 +238,42 @@ class InferRoute:
             if handler is not None:
                 return await handler(request, exc)
         raise exc
+
+
+def count_inference(repository, name: str, status: int, version: str | int | None = None) -> None:
+    """One V2 infer request answered with HTTP `status`, counted under the model's name when it is
+    served (else "": a client's typo is no new series) and the version that answered (else the one
+    serving now)."""
+    served = repository.get_model(name)
+    if served is None:
+        metrics.count_inference("", None, status)
+        return
+    if version is None:
+        current = getattr(served, "current", None)
+        version = current.version if current is not None else None
+    metrics.count_inference(name, version, status)
+
+
+def grpc_status_code(exc: BaseException) -> int:
+    """The HTTP equivalent of the gRPC status kserve's ExceptionToStatusInterceptor answers `exc` with."""
+    from grpc_interceptor.exceptions import GrpcException
+    from kserve import errors
+
+    if isinstance(exc, (errors.InferenceError, errors.InvalidInput, errors.UnsupportedProtocol)):
+        name = "INVALID_ARGUMENT"
+    elif isinstance(exc, (errors.ServerNotReady, errors.ServerNotLive, errors.ModelNotReady)):
+        name = "UNAVAILABLE"
+    elif isinstance(exc, NotImplementedError):
+        name = "UNIMPLEMENTED"
+    elif isinstance(exc, errors.ModelNotFound):
+        name = "NOT_FOUND"
+    elif isinstance(exc, GrpcException):
+        name = exc.status_code.name
+    elif isinstance(exc, asyncio.CancelledError):
+        name = "CANCELLED"
+    else:
+        name = "INTERNAL"
+    return metrics.GRPC_TO_HTTP.get(name, 500)
 
 
 def _replay(body: bytes, receive):
@@ -239,13 +307,26 @@ def grpc_server(base):
             from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
             from kserve.protocol.grpc.servicer import InferenceServicer
 
+            class CountedServicer(InferenceServicer):
+                """kserve's servicer; each ModelInfer counted as the HTTP route counts it."""
+
+                async def ModelInfer(self, request, context):  # noqa: N802 - the gRPC method's name
+                    repository = self._data_plane.model_registry
+                    try:
+                        response = await super().ModelInfer(request, context)
+                    except BaseException as exc:
+                        count_inference(repository, request.model_name, grpc_status_code(exc))
+                        raise
+                    count_inference(repository, request.model_name, 200, response.model_version or None)
+                    return response
+
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(ExceptionToStatusInterceptor(),),
                 options=[(f"grpc.{k[len('grpc_') :]}", v) for k, v in self._kwargs.items()],
             )
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+                CountedServicer(self._data_plane, self._model_repository_extension), self._server
             )
             self._server.add_insecure_port(f"{self._host}:{self._port}")
             await self._server.start()

@@ -4,6 +4,10 @@ A reloader asks the registry, every few seconds, which version each model's `pro
 points at. A new version is fetched from the object store (its packaged Triton repository),
 checked (digests, ONNX Runtime load, one sample row) and swapped in without a restart; if any
 check fails the version is refused, the previous one keeps serving, and it is tried again later.
+
+Each process logs the inferences it answers to the object store (issueops.monitoring.payloads,
+sampled by ISSUEOPS_PAYLOAD_LOG) from a logger of its own, written on its own thread and flushed
+when the server stops; GET /metrics counts them with the inference requests.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_POLL_S = 2.0
 RETRY_REFUSED_S = 10.0
 MAX_WORKERS = 64
+PAYLOAD_LOG_CLOSE_S = 8.0  # within the 10 s a stopping server gives its workers
 DEFAULT_MAX_REQUEST_MB = 8  # kserve's own gRPC message limit
 MAX_REQUEST_MB = 2047  # gRPC counts message sizes in a signed 32-bit int
 
@@ -103,9 +109,11 @@ class Reloader:
         poll_s: float = DEFAULT_POLL_S,
         threads: int = 1,
         on_change: Callable[[str, int | None, int], None] | None = None,
+        payload_log=None,
     ):
         self.repository, self.source, self.store, self.cache = repository, source, store, Path(cache)
         self.names, self.poll_s, self.threads, self.on_change = names, poll_s, threads, on_change
+        self.payload_log = payload_log
         self.refused: dict[str, Refusal] = {}
         self.retry_s = float(os.environ.get("ISSUEOPS_SERVE_RETRY_S", RETRY_REFUSED_S))
 
@@ -142,7 +150,7 @@ class Reloader:
                 continue
             self.refused.pop(name, None)
             if served is None:
-                served = ServedModel(name)
+                served = ServedModel(name, self.payload_log)
                 self.repository.update(served)
             previous = served.swap(loaded)
             log.warning("serving %s version %s%s", name, version, f" (was {current})" if current else "")
@@ -179,8 +187,8 @@ def serve(
     opens the registry), each with its own copy of the models and its own reloader, as uvicorn's
     and kserve's workers share one socket; gRPC is served by the first. A request larger than
     `max_request_mb` MiB is refused (HTTP 413, gRPC RESOURCE_EXHAUSTED). Raises Conflict for a port
-    in use, NotFound when `model` has no production version that can be served, before anything
-    listens.
+    in use, NotFound when `model` has no production version that can be served, InvalidInput for
+    a bad ISSUEOPS_PAYLOAD_LOG, before anything listens.
     """
     settings = settings or Settings.from_env()
     if port == grpc_port:
@@ -189,31 +197,34 @@ def serve(
         raise InvalidInput(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}.")
     if not 1 <= max_request_mb <= MAX_REQUEST_MB:
         raise InvalidInput(f"--max-request-mb must be between 1 and {MAX_REQUEST_MB}, not {max_request_mb}.")
-    body_timeout_s = _body_timeout_s()
-    check_port_free(host, port, "HTTP")
-    check_port_free(host, grpc_port, "gRPC")
-    endpoint = _Endpoint(
-        model,
-        settings,
-        source,
-        poll_s,
-        host,
-        port,
-        grpc_port,
-        _listening_socket(host, port) if workers > 1 else None,
-        max_request_mb << 20,
-        body_timeout_s,
-    )
-    parent, children = os.getpid(), []
-    for _ in range(workers - 1):
-        pid = os.fork()
-        if pid == 0:
-            _serve_worker(endpoint, parent)  # never returns into the parent's stack
-        children.append(pid)
-    try:
-        _serve_process(endpoint, ready=ready)
-    finally:
-        _stop_workers(children)
+    with _shared_metrics(workers):  # before anything imports prometheus_client
+        payload_log_rate = settings.payload_log_rate
+        body_timeout_s = _body_timeout_s()
+        check_port_free(host, port, "HTTP")
+        check_port_free(host, grpc_port, "gRPC")
+        endpoint = _Endpoint(
+            model,
+            settings,
+            source,
+            poll_s,
+            host,
+            port,
+            grpc_port,
+            _listening_socket(host, port) if workers > 1 else None,
+            max_request_mb << 20,
+            body_timeout_s,
+            payload_log_rate,
+        )
+        parent, children = os.getpid(), []
+        for _ in range(workers - 1):
+            pid = os.fork()
+            if pid == 0:
+                _serve_worker(endpoint, parent)  # never returns into the parent's stack
+            children.append(pid)
+        try:
+            _serve_process(endpoint, ready=ready)
+        finally:
+            _stop_workers(children)
 
 
 @dataclass
@@ -228,6 +239,33 @@ class _Endpoint:
     shared_socket: socket.socket | None
     max_request_bytes: int
     body_timeout_s: float
+    payload_log_rate: float = 1.0
+
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable (issueops.monitoring.metrics)
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int):
+    """With several workers, a fresh directory for their metric values (prometheus_client's
+    multiprocess mode), so that /metrics, whichever process answers it, adds up all of them;
+    removed afterwards. It must be set before prometheus_client is imported and before the fork.
+    Left alone when the user set one (theirs to wipe); when prometheus_client is already imported
+    each process shows its own counts."""
+    if workers == 1 or os.environ.get(METRICS_DIR_ENV):
+        yield
+        return
+    if "prometheus_client" in sys.modules:
+        log.warning("with --workers, /metrics shows the counts of the process that answers it")
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="issueops-serve-metrics-")
+    os.environ[METRICS_DIR_ENV] = directory
+    try:
+        yield
+    finally:
+        os.environ.pop(METRICS_DIR_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve_worker(endpoint: _Endpoint, parent: int) -> None:
@@ -265,10 +303,13 @@ def _serve_process(
         source = RegistrySource(Registry.from_settings(settings))
     poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))
     ModelRepository, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
+    from issueops.monitoring.payloads import PayloadLogger
     from issueops.serving import endpoints
 
     _quiet_kserve()
     repository = ModelRepository()
+    # One logger per process (its objects get random names: the workers' never collide).
+    payload_log = PayloadLogger(store, sample_rate=endpoint.payload_log_rate)
     reloader = Reloader(
         repository,
         source,
@@ -277,6 +318,7 @@ def _serve_process(
         names=[model] if model else None,
         poll_s=poll_s,
         threads=int(os.environ.get("ISSUEOPS_SERVE_THREADS", "1")),
+        payload_log=payload_log,
     )
 
     async def main() -> None:
@@ -313,7 +355,7 @@ def _serve_process(
                 grace_period=2,
             )
             tasks.append(asyncio.create_task(grpc.start(4)))
-        background = [asyncio.create_task(reloader.run())]
+        background = [asyncio.create_task(reloader.run()), asyncio.create_task(_publish(payload_log))]
         if worker_of:
             background.append(asyncio.create_task(_until_orphaned(worker_of, stop)))
         waiter = asyncio.create_task(stop.wait())
@@ -339,7 +381,10 @@ def _serve_process(
             if current:
                 await current.batcher.close()
 
-    _run(main())
+    try:
+        _run(main())
+    finally:
+        payload_log.close(timeout=PAYLOAD_LOG_CLOSE_S)  # what was answered is written before exit
 
 
 def _body_timeout_s() -> float:
@@ -369,6 +414,14 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def _publish(payload_log, every_s: float = 1.0) -> None:
+    """The payload log's queue depth as a gauge, from this loop: the logger's own thread may be
+    the one stalled on the store."""
+    while True:
+        payload_log.publish_queue_depth()
+        await asyncio.sleep(every_s)
+
+
 async def _until_orphaned(parent: int, stop: asyncio.Event) -> None:
     """A worker ends with the process that forked it, even when that one was killed."""
     while os.getppid() == parent:
@@ -393,6 +446,11 @@ def _stop_workers(children: list[int], grace_s: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+    if children and "issueops.monitoring.metrics" in sys.modules:
+        from issueops.monitoring.metrics import process_ended
+
+        for pid in children:
+            process_ended(pid)
 
 
 def _run(coroutine) -> None:
