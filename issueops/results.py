@@ -51,7 +51,7 @@ class StepTiming:
 class RunResult:
     run_id: str
     spec: dict[str, Any]
-    decision: str  # pass | retrain | fail | error
+    decision: str  # pass | retrain | fail | error | interrupted (its process died: runs.run_state)
     message: str
     evaluation_metric: str
     threshold: float | None
