@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,3 +276,104 @@ def test_a_bad_payload_log_rate_is_refused_before_listening(world, value):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "ISSUEOPS_PAYLOAD_LOG is" in done.stderr and "from 0 (off) to 1 (all)" in done.stderr
+
+
+def series_in(text: str) -> set[str]:
+    """The metric families a /metrics body defines (with or without samples yet)."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+def readme_series(anywhere: bool = False) -> set[str]:
+    """The series the README's "Metrics and alerts" table lists (or names anywhere in that section)."""
+    section = (REPO / "README.md").read_text().split("### Metrics and alerts", 1)[1].split("\n## ", 1)[0]
+    pattern = r"`(issueops_[a-z_]+)`" if anywhere else r"^\| `(issueops_[a-z_]+)` \|"
+    return set(re.findall(pattern, section, re.MULTILINE))
+
+
+def test_the_bridge_exports_every_series_of_the_readme(tmp_path):
+    """`bridge serve`'s /metrics is scrapable and defines every series of the README's table (the
+    operator and the bridge set theirs through issueops.monitoring.metrics)."""
+    import httpx
+
+    from issueops.bridge.inbox import Inbox
+    from issueops.bridge.webhook import HttpServer, make_app
+    from issueops.monitoring import metrics as series
+
+    series.count_request_phase("Queued")
+    with HttpServer(make_app(Inbox(tmp_path / "bridge.db"), "secret")) as server:
+        answer = httpx.get(f"{server.url}/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    exported = {n for n in series_in(answer.text) if n.startswith("issueops_")}
+    assert exported - readme_series() == {"issueops_payload_log_queue_depth"} <= readme_series(anywhere=True)
+    assert readme_series() <= exported
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for f in text_string_to_metric_families(answer.text)
+        for s in f.samples
+    }
+    assert samples[("issueops_requests_total", (("phase", "Queued"),))] >= 1
+
+
+def test_the_receiver_counts_what_it_drops_while_the_store_stalls(tmp_path):
+    """`issueops monitor serve` behind a stalled store: a full queue answers 503, and /metrics
+    counts the drops and shows the queue."""
+    import threading
+
+    import httpx
+
+    from issueops.bridge.webhook import HttpServer
+    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.receiver import make_receiver_app
+    from issueops.store import LocalStore
+
+    class StalledStore(LocalStore):
+        released = threading.Event()
+
+        def put_bytes(self, key, data):
+            self.released.wait(30)
+            return super().put_bytes(key, data)
+
+    store = StalledStore(tmp_path / "store")
+    logger = PayloadLogger(store, max_queue=2, batch_size=1, flush_interval_s=0.01)
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-source": "test",
+        "ce-type": "org.kubeflow.serving.inference.request",
+        "ce-inferenceservicename": "churn",
+        "content-type": "application/json",
+    }
+    body = json.dumps({"model_name": "churn", "model_version": "1", "inputs": []})
+
+    def dropped(text: str) -> float:
+        return next(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "issueops_payload_log_dropped_total"
+        )
+
+    try:
+        with HttpServer(make_receiver_app(logger)) as server:
+            before = dropped(httpx.get(f"{server.url}/metrics").text)
+            codes = [
+                httpx.post(
+                    f"{server.url}/events", content=body, headers={**headers, "ce-id": f"r{i}"}
+                ).status_code
+                for i in range(8)
+            ]
+            text = httpx.get(f"{server.url}/metrics").text
+    finally:
+        StalledStore.released.set()
+        logger.close()
+    assert codes[:2] == [202, 202] and codes.count(503) >= 5
+    assert dropped(text) - before == codes.count(503)
+    depth = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "issueops_payload_log_queue_depth"
+    ]
+    assert depth == [2.0]

@@ -48,7 +48,7 @@ def _answer(status: int, message: str, **extra) -> web.Response:
 def make_app(
     inbox: Inbox, secret: str | bytes, *, ready: Callable[[], bool] = lambda: True
 ) -> web.Application:
-    """The aiohttp application: POST /webhook (and /), GET /healthz and /readyz."""
+    """The aiohttp application: POST /webhook (and /), GET /healthz, /readyz and /metrics."""
     if not secret:
         raise ValueError("a webhook secret is required")
 
@@ -101,7 +101,16 @@ def make_app(
         app.router.add_post(path, receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the issueops series (issueops.monitoring.metrics), in the format the scraper asks for."""
+    from issueops.monitoring.metrics import exposition
+
+    body, content_type = exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 class HttpServer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from issueops.bridge.webhook import metrics as metrics_route
 from issueops.errors import InvalidInput
 
 from .payloads import PayloadLogger, events_from_http
@@ -29,7 +30,7 @@ def _answer(status: int, message: str, **extra) -> web.Response:
 
 def make_receiver_app(logger: PayloadLogger) -> web.Application:
     """POST / and /events (CloudEvents in binary or structured mode, or a batch), GET /healthz,
-    /readyz."""
+    /readyz and /metrics (payload-log drops and queue depth)."""
 
     async def receive(request: web.Request) -> web.Response:
         length = request.content_length
@@ -57,9 +58,14 @@ def make_receiver_app(logger: PayloadLogger) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         return _answer(200, "ready", **logger.stats.as_dict())
 
+    async def metrics(request: web.Request) -> web.Response:
+        logger.publish_queue_depth()
+        return await metrics_route(request)
+
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     for path in RECEIVER_PATHS:
         app.router.add_post(path, receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
