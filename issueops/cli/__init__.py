@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(
-        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"), json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON"))
+        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"),
+        json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")),
+        service=f"issueops-{args.command}",
     )
     try:
         code = args.handler(args)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from issueops.errors import IssueOpsError
-from issueops.logs import mask
+from issueops.logs import configure_logging, mask
 
 
 def add_serving_parser(subparsers) -> None:
@@ -100,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="issueops")
     add_serving_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
+    configure_logging(
+        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"),
+        json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")),
+        service=f"issueops-{args.command}",
+    )
     return args.handler(args)
 
 

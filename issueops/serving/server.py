@@ -88,6 +88,10 @@ class RegistrySource:
         return versions if names is None else {name: versions.get(name) for name in names}
 
 
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
 @dataclass
 class Refusal:
     version: int
@@ -140,12 +144,20 @@ class Reloader:
             refusal = self.refused.get(name)
             if refusal and refusal.version == version and time.monotonic() - refusal.at < self.retry_s:
                 continue
+            started = time.monotonic()
             try:
                 loaded = await loop.run_in_executor(None, self.load, name, version)
             except IssueOpsError as exc:
                 if not refusal or refusal.version != version or refusal.reason != str(exc):
                     keeps = f"version {current} keeps serving" if current else "nothing is served for it yet"
-                    log.error("refused version %s of %s (%s); %s", version, name, exc, keeps)
+                    log.error(
+                        "refused version %s of %s (%s); %s",
+                        version,
+                        name,
+                        exc,
+                        keeps,
+                        extra={"status": "refused", "duration_ms": _ms_since(started)},
+                    )
                 self.refused[name] = Refusal(version, str(exc))
                 continue
             self.refused.pop(name, None)
@@ -153,7 +165,13 @@ class Reloader:
                 served = ServedModel(name, self.payload_log)
                 self.repository.update(served)
             previous = served.swap(loaded)
-            log.warning("serving %s version %s%s", name, version, f" (was {current})" if current else "")
+            log.warning(
+                "serving %s version %s%s",
+                name,
+                version,
+                f" (was {current})" if current else "",
+                extra={"status": "serving", "duration_ms": _ms_since(started)},
+            )
             if self.on_change:
                 self.on_change(name, current, version)
             if previous is not None:
