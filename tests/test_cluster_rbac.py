@@ -307,7 +307,7 @@ def test_a_wrong_or_expired_token_is_named_as_such(installed, kube, control_plan
     # The same token, unexpired, is accepted: the refusal above was the expiry.
     config = control_plane.token_kubeconfig(tmp_path / "fresh.kubeconfig", token(600))
     assert (
-        KubernetesBook(client.CustomObjectsApi(client_for(config)), NAMESPACE).find("octo-org/models", 1)
+        KubernetesBook(client.CustomObjectsApi(client_for(config)), NAMESPACE).find("octo-org/models", 404)
         is None
     )
 
