@@ -1,7 +1,13 @@
 """Monitoring: (a) serving throughput with payload logging on vs off, (b) the drift check against
 Evidently 0.7's DataDriftPreset.
 
-(a) is measured once the payload logger is wired into `issueops serve`; until then it says so.
+(a) The random forest of the serving benchmark (breast cancer, 100 trees), trained, registered and
+packaged in a scratch ISSUEOPS_HOME (local store), served by two `issueops serve` processes with
+the same `--workers`: one with ISSUEOPS_PAYLOAD_LOG=1, one with 0. bench_serving's load generator
+(tritonclient HTTP, concurrency 8) alternates between them, BENCH_ROUNDS rounds of BENCH_SECONDS
+each, with one row and with the whole test split per request; the ratio of the medians (logged
+over not logged) has the target >= 0.9. The logs are read back afterwards: every request sent to
+the logging server must be there, and none dropped.
 
 (b) One window of 100,000 rows x 30 features (20 continuous, 4 numeric with at most 5 values,
 4 categorical, 2 binary; a few missing values) against a 5,000-row reference (the size of a
@@ -129,12 +135,116 @@ def _evidently_installed() -> bool:
 
 
 def serving_throughput_with_payload_logging() -> None:
-    """(a) PLACEHOLDER until the payload logger is wired into `issueops serve`: throughput at
-    concurrency 8 with ISSUEOPS_PAYLOAD_LOG=1 against ISSUEOPS_PAYLOAD_LOG=0 in the same run
-    (bench_serving's load, two servers), target >= 0.9."""
-    print(
-        "   (a) serving throughput, payload logging on/off: not measured yet (the logger is not wired into serve)"
+    """(a) throughput at concurrency 8 with ISSUEOPS_PAYLOAD_LOG=1 against ISSUEOPS_PAYLOAD_LOG=0,
+    the same model on two servers in the same run, target >= 0.9."""
+    import subprocess
+    import sys
+
+    from benchmarks import bench_serving as serving
+
+    model = "bench-rf"
+    with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as home:
+        os.environ.update(ISSUEOPS_HOME=home, ISSUEOPS_DATA_ROOTS=str(serving.REPO))
+        for name in (
+            "MLFLOW_TRACKING_URI",
+            "ISSUEOPS_S3_BUCKET",
+            "ISSUEOPS_MANUAL_APPROVAL",
+            "ISSUEOPS_PAYLOAD_LOG",
+        ):
+            os.environ.pop(name, None)
+        run_id = serving._register(model, serving.MODELS[model])
+        store = Path(home) / "store"
+        test = pd.read_parquet(store / "processed" / run_id / "test.parquet").drop(columns="target")
+        table = test.to_numpy(np.float64)
+        servers = {}
+        try:
+            for rate in ("1", "0"):
+                http = serving._free_port()
+                servers[rate] = (
+                    http,
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "issueops.cli.serving",
+                            "serve",
+                            "--model",
+                            model,
+                            "--port",
+                            str(http),
+                            "--grpc-port",
+                            str(serving._free_port()),
+                            "--workers",
+                            str(serving.WORKERS),
+                        ],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        text=True,
+                        cwd=serving.REPO,
+                        env={**os.environ, "ISSUEOPS_PAYLOAD_LOG": rate},
+                    ),
+                )
+            for _http, server in servers.values():
+                if not server.stdout.readline().startswith("serving"):
+                    raise SystemExit("a server did not start")
+            print(
+                f"   (a) serving {model} at concurrency 8, payload logging on (ISSUEOPS_PAYLOAD_LOG=1) and off (0): "
+                f"{serving.WORKERS} HTTP workers each, {serving.CORES} cores shared with the client, "
+                f"{ROUNDS} rounds of {serving.SECONDS:g} s alternating"
+            )
+            sent = 0
+            for label, payloads in (
+                ("1", [table[i : i + 1] for i in range(len(table))]),
+                (str(len(table)), [table]),
+            ):
+                rates: dict[str, list[float]] = {"1": [], "0": []}
+                for _ in range(ROUNDS):
+                    for rate, (http, _server) in servers.items():
+                        throughput, latencies, _cpu = serving._served(
+                            f"127.0.0.1:{http}", model, payloads, "FP64", 8
+                        )
+                        rates[rate].append(throughput)
+                        if rate == "1":
+                            sent += len(latencies) + min(3, len(payloads))  # and the warm-up requests
+                on, off = float(np.median(rates["1"])), float(np.median(rates["0"]))
+                print(
+                    f"       {label:>4} row(s)/request: on {on:,.0f}/s, off {off:,.0f}/s (medians), ratio {on / off:.3f} "
+                    f"(target >= 0.9: {'meets' if on / off >= 0.9 else 'misses'}); rounds on "
+                    f"{', '.join(f'{r:,.0f}' for r in rates['1'])}, off {', '.join(f'{r:,.0f}' for r in rates['0'])}"
+                )
+            dropped = _dropped(servers["1"][0])
+        finally:
+            for _http, server in servers.values():
+                server.terminate()  # SIGTERM: the logging server writes what it holds
+                server.wait(timeout=60)
+        logged = _logged_requests(store, model)
+        print(
+            f"       requests sent to the logging server {sent:,}, in the payload log afterwards {logged:,}, "
+            f"dropped {dropped:,.0f} (issueops_payload_log_dropped_total)"
+        )
+
+
+def _dropped(port: int) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "issueops_payload_log_dropped_total"
     )
+
+
+def _logged_requests(store: Path, model: str) -> int:
+    from issueops.monitoring.payloads import read_inference_log
+    from issueops.store import LocalStore
+
+    log = read_inference_log(LocalStore(store), model)
+    return int(log.keys["request_id"].nunique())
 
 
 def drift_speed(has_evidently: bool) -> None:
