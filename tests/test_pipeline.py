@@ -158,8 +158,11 @@ def test_compiled_ir_has_every_component_the_condition_and_policies(home, tmp_pa
     whole = json.dumps(spec)
     for name in ("register", "write-history", "notify", "rollback"):
         assert f"exec-{name}" in executors
-    conditions = [c["triggerPolicy"]["condition"] for c in _tasks(spec) if "triggerPolicy" in c]
+    policies = [c["triggerPolicy"] for c in _tasks(spec) if "triggerPolicy" in c]
+    conditions = [p["condition"] for p in policies if "condition" in p]
     assert any("'pass'" in c for c in conditions) and any("'retrain'" in c for c in conditions)
+    # notify runs once write_history has ended, whether or not its commit succeeded
+    assert sum(p.get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED" for p in policies) == 3
     assert "decision" in whole
     timeouts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert timeouts["exec-train"]["activeDeadlineSeconds"] == "3600"
