@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -337,9 +338,19 @@ def prepare_database(tracking_uri: str, registry_uri: str | None = None) -> None
                 lock = FileLock(database.parent / f"{database.name}.locks", wait_s=600)
                 held.enter_context(lock.hold("schema", name="schema"))
             if databases:
-                client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-                client.search_experiments(max_results=1)
-                client.search_registered_models(max_results=1)
+                # MLflow announces its schema creation and migrations at INFO on stderr, which would
+                # stand before every command's own answer on a fresh home.
+                quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+                levels = [logger.level for logger in quiet]
+                for logger in quiet:
+                    logger.setLevel(logging.WARNING)
+                try:
+                    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+                    client.search_experiments(max_results=1)
+                    client.search_registered_models(max_results=1)
+                finally:
+                    for logger, level in zip(quiet, levels, strict=True):
+                        logger.setLevel(level)
         _prepared.add((tracking_uri, registry_uri))
 
 
