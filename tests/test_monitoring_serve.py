@@ -377,3 +377,57 @@ def test_the_receiver_counts_what_it_drops_while_the_store_stalls(tmp_path):
         if s.name == "issueops_payload_log_queue_depth"
     ]
     assert depth == [2.0]
+
+
+def test_logged_tensors_read_back_as_the_server_held_them(tmp_path):
+    """What `issueops serve` hands the logger (arrays, converted on its thread) reads back value for
+    value: float32 as float32, NaN as missing, text as text."""
+    from issueops.monitoring.payloads import PayloadLogger, read_inference_log
+    from issueops.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    numbers = np.array([[0.1, np.nan, 3.25], [1e-7, -2.5, 7.0]], dtype=np.float32)
+    text = np.array([["basic"], ["pro"]], dtype=object)
+    label, proba = np.array([1, 0], dtype=np.int64), np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32)
+    logger = PayloadLogger(store)
+    assert logger.log_tensors(
+        "churn",
+        3,
+        {"input": numbers, "categorical": text},
+        {"label": label, "probabilities": proba},
+        request_id="r-1",
+    )
+    logger.close()
+    log = read_inference_log(
+        store, "churn", 3, feature_columns={"input": ["a", "b", "c"], "categorical": ["plan"]}
+    )
+    assert list(log.keys["request_id"]) == ["r-1", "r-1"] and list(log.keys["row"]) == [0, 1]
+    np.testing.assert_array_equal(log.features[["a", "b", "c"]].to_numpy(np.float32), numbers)
+    assert list(log.features["plan"]) == ["basic", "pro"]
+    np.testing.assert_array_equal(log.outputs["label"], label)
+    np.testing.assert_array_equal(log.outputs["probabilities"], proba)
+
+
+def test_the_logger_holds_a_bounded_number_of_tensor_bytes(tmp_path):
+    """Behind a stalled store, tensors beyond the byte bound are dropped and counted, not held."""
+    import threading
+
+    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.store import LocalStore
+
+    released = threading.Event()
+
+    class StalledStore(LocalStore):
+        def put_bytes(self, key, data):
+            released.wait(30)
+            return super().put_bytes(key, data)
+
+    rows = np.zeros((1000, 10))  # 80,000 bytes
+    logger = PayloadLogger(StalledStore(tmp_path / "store"), max_queue_bytes=250_000, batch_size=1)
+    try:
+        accepted = [logger.log_tensors("m", 1, {"input": rows}, {}, request_id=f"r{i}") for i in range(10)]
+    finally:
+        released.set()
+        logger.close()
+    assert accepted == [True] * 3 + [False] * 7  # 240,000 bytes held, the one being written included
+    assert logger.stats.dropped == 7 and logger.stats.logged == 3

@@ -124,6 +124,22 @@ def v2_tensors(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     return tensors
 
 
+def _v2_arrays(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """As v2_tensors, with numeric data kept as flat arrays that orjson writes itself: a third
+    less time than through Python floats, and float32 values as float32 (0.1, not 0.10000000149)."""
+    tensors = []
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "OUS":
+            tensors.extend(v2_tensors({name: array}))
+            continue
+        datatype = _V2_DATATYPES.get(array.dtype.str[1:], "FP64")
+        tensors.append(
+            {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.ravel()}
+        )
+    return tensors
+
+
 _V2_DATATYPES = {
     "f4": "FP32",
     "f8": "FP64",
@@ -279,7 +295,9 @@ def write_events(
         data = b"\n".join(lines) + b"\n"
         suffix = ".jsonl.gz" if compress else ".jsonl"
         key = f"{prefix}/{stamp}-{uuid.uuid4().hex[:12]}{suffix}"
-        store.put_bytes(key, gzip.compress(data, compresslevel=5, mtime=0) if compress else data)
+        # Level 1: logged floats compress to 49% there, 46% at level 5, which takes five times the
+        # CPU (about 8 ms for one 114-row request here): the server's cores are worth more.
+        store.put_bytes(key, gzip.compress(data, compresslevel=1, mtime=0) if compress else data)
         keys.append(key)
     return keys
 
@@ -288,7 +306,7 @@ def _event_line(event: Mapping[str, Any]) -> bytes:
     """One event as a JSON line. orjson writes NaN and infinities as null (JSON has neither; the
     reader reads null as NaN, a missing value); json takes the integers orjson cannot (over 64 bits)."""
     try:
-        return orjson.dumps(event, default=_json_default)
+        return orjson.dumps(event, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
         return json.dumps(event, separators=(",", ":"), default=_json_default).encode()
 
@@ -340,12 +358,12 @@ class _Inference:
     def as_events(self, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
         request, response = self.request, self.response
         if self.inputs is not None:
-            request = {"id": self.request_id, "inputs": v2_tensors(self.inputs)}
+            request = {"id": self.request_id, "inputs": _v2_arrays(self.inputs)}
             response = {
                 "id": self.request_id,
                 "model_name": self.model,
                 "model_version": str(self.version),
-                "outputs": v2_tensors(self.outputs or {}),
+                "outputs": _v2_arrays(self.outputs or {}),
             }
         return inference_events(
             self.model,
@@ -552,10 +570,15 @@ class PayloadLogger:
                 return
 
     def _write(self, batch: list[_Inference | _Events]) -> None:
-        nbytes = sum(getattr(item, "nbytes", 0) for item in batch)
-        if nbytes:
-            with self._lock:
-                self._queued_bytes -= nbytes
+        try:
+            self._write_events(batch)
+        finally:  # the tensors count against max_queue_bytes until written
+            nbytes = sum(getattr(item, "nbytes", 0) for item in batch)
+            if nbytes:
+                with self._lock:
+                    self._queued_bytes -= nbytes
+
+    def _write_events(self, batch: list[_Inference | _Events]) -> None:
         events: list[dict[str, Any]] = []
         for item in batch:
             if isinstance(item, _Events):
