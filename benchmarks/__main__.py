@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [NAME ...]` (default: all). Names: pipeline, webhook, serving, rl, monitoring, operator."""
+"""Run the benchmarks: `python -m benchmarks [NAME ...]` (default: all). Names: pipeline, webhook, serving, rl, monitoring, hostile, operator."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ ENTRIES = {
     "serving": "benchmarks.bench_serving",
     "rl": "benchmarks.bench_rl",
     "monitoring": "benchmarks.bench_monitoring",
+    "hostile": "benchmarks.bench_hostile",
     "operator": "benchmarks.bench_operator",
 }
 

@@ -4,8 +4,9 @@ Both servers are the bridge's aiohttp stack served the same way (its own thread 
 process); the bare one reads the body and answers 200, the real one checks Content-Length,
 verifies X-Hub-Signature-256, de-duplicates X-GitHub-Delivery in the SQLite inbox and queues the
 delivery. The load comes from a separate process (so it does not share this process's GIL):
-first one request at a time for p50/p99 latency, then BENCH_WEBHOOK_CONCURRENCY connections for
-deliveries per second. Rounds alternate bare / webhook so drift hits both alike.
+first one request at a time for p50/p99 latency, alternating bare / webhook request by request so
+that other load on the machine hits both alike, then BENCH_WEBHOOK_CONCURRENCY connections for
+deliveries per second. A thread checkpoints the inbox's WAL every second, as the worker does.
 
 Last, 1,000 deliveries of `issues.opened` for 900 issues, 10% of them redeliveries, go through
 the endpoint and the worker: exactly 900 requests must exist afterwards.
@@ -20,6 +21,7 @@ import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -158,8 +160,19 @@ def issues_opened(number: int) -> bytes:
 # ---------------------------------------------------------------------- the load (a child process)
 
 
-def _load(url: str, bodies: list[tuple[str, bytes, str]], concurrency: int, queue) -> None:
-    """Send every (delivery, body, signature); report latencies (s), statuses and the wall time."""
+def delivery_headers(event: str, delivery: str, signature: str) -> dict[str, str]:
+    """The headers GitHub sends with a delivery."""
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature,
+    }
+
+
+def _load(url: str | list[str], bodies: list[tuple[str, bytes, str]], concurrency: int, queue) -> None:
+    """Send every (delivery, body, signature) to `url` (or to its own of a list of urls);
+    report latencies (s), statuses and the wall time."""
     import aiohttp
 
     async def run() -> tuple[list[float], list[int], float]:
@@ -172,14 +185,10 @@ def _load(url: str, bodies: list[tuple[str, bytes, str]], concurrency: int, queu
             async def worker() -> None:
                 for i in todo:
                     delivery, body, signature = bodies[i]
-                    headers = {
-                        "Content-Type": "application/json",
-                        "X-GitHub-Event": "issues",
-                        "X-GitHub-Delivery": delivery,
-                        "X-Hub-Signature-256": signature,
-                    }
+                    headers = delivery_headers("issues", delivery, signature)
                     started = time.perf_counter()
-                    async with session.post(url, data=body, headers=headers) as answer:
+                    target = url[i] if isinstance(url, list) else url
+                    async with session.post(target, data=body, headers=headers) as answer:
                         await answer.read()
                         statuses[i] = answer.status
                     latencies[i] = time.perf_counter() - started
@@ -191,7 +200,7 @@ def _load(url: str, bodies: list[tuple[str, bytes, str]], concurrency: int, queu
     queue.put(asyncio.run(run()))
 
 
-def drive(url: str, bodies: list[tuple[str, bytes, str]], concurrency: int):
+def drive(url: str | list[str], bodies: list[tuple[str, bytes, str]], concurrency: int):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_load, args=(url, bodies, concurrency, queue))
@@ -240,6 +249,11 @@ def _open_bridge(home: Path, allowlist=frozenset({"bench-user"})):
     return open_bridge(Settings.from_env(), github=lambda repo: None, allowlist=allowlist, max_running=0)
 
 
+def _checkpoint_every(inbox, stop: threading.Event, seconds: float) -> None:
+    while not stop.wait(seconds):
+        inbox.checkpoint()
+
+
 def main() -> None:
     from issueops.bridge.webhook import HttpServer, make_app
 
@@ -247,23 +261,33 @@ def main() -> None:
         bridge = _open_bridge(Path(tmp) / "latency")
         bare = HttpServer(_bare_app()).start()
         real = HttpServer(make_app(bridge.inbox, SECRET)).start()
+        # The worker's share of the inbox's upkeep, as in `bridge serve`: WAL checkpoints.
+        upkeep = threading.Event()
+        checkpoints = threading.Thread(
+            target=_checkpoint_every, args=(bridge.inbox, upkeep, 1.0), daemon=True
+        )
+        checkpoints.start()
         rows = {"bare": [], "webhook": []}
         try:
             serial = max(REQUESTS // 4, 200)
+            servers = (("bare", bare, 200), ("webhook", real, 202))
             for r in range(ROUNDS):
-                for name, server in (("bare", bare), ("webhook", real)):
-                    sequential = _bodies(r * 100_000, serial, f"{name}-s{r}")
-                    latencies, statuses, _ = drive(f"{server.url}/webhook", sequential, 1)
+                # One at a time, alternating bare / webhook request by request: a burst of other
+                # load on the machine hits both alike.
+                sequential = _bodies(r * 100_000, 2 * serial, f"s{r}")
+                urls = [f"{servers[i % 2][1].url}/webhook" for i in range(len(sequential))]
+                latencies, statuses, _ = drive(urls, sequential, 1)
+                for k, (name, server, expected) in enumerate(servers):
                     loaded = _bodies(r * 100_000 + 50_000, REQUESTS, f"{name}-c{r}")
                     _, loaded_statuses, wall = drive(f"{server.url}/webhook", loaded, CONCURRENCY)
-                    expected = 200 if name == "bare" else 202
-                    bad = sum(s != expected for s in statuses + loaded_statuses)
+                    bad = sum(s != expected for s in statuses[k::2] + loaded_statuses)
                     if bad:
                         raise SystemExit(f"{name}: {bad} answers were not {expected}")
-                    rows[name].append(
-                        (_percentile(latencies, 0.5), _percentile(latencies, 0.99), REQUESTS / wall)
-                    )
+                    mine = latencies[k::2]
+                    rows[name].append((_percentile(mine, 0.5), _percentile(mine, 0.99), REQUESTS / wall))
         finally:
+            upkeep.set()
+            checkpoints.join(30)
             bare.stop()
             real.stop()
             bridge.inbox.close()

@@ -213,8 +213,8 @@ def _key_line(key: str) -> re.Pattern[str]:
 
 
 def has_key_line(text: str, key: str) -> bool:
-    """Whether `text` has a line starting with `key:` (a linear scan)."""
-    return _key_line(key).search(text) is not None
+    """Whether `text` has a line starting with `key:` (a linear scan, after a look for the word)."""
+    return key in text and _key_line(key).search(text) is not None
 
 
 def extract_document(body: str, *, key: str = "learning_type") -> Any:

@@ -121,8 +121,26 @@ def _value(rng: random.Random, depth: int) -> str:
     return opener * levels + "1" + closer * levels
 
 
+VALID = (
+    "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n"
+    "hyperparameters:\n  n_estimators: 20\n  max_depth: 3\nevaluation_threshold: 0.9\n",
+    "learning_type: supervised\nalgorithm: xgboost\ntask_type: regression\ndataset_id: sklearn:diabetes\n"
+    "evaluation_metric: rmse\nevaluation_threshold: 60\nmodel_name: diabetes-xgb\n",
+    '{"learning_type": "unsupervised", "algorithm": "kmeans", "dataset_id": "sklearn:wine", '
+    '"hyperparameters": {"k": 3}}',
+    "learning_type: reinforcement\nalgorithm: ppo\nenvironment: CartPole-v1\nmax_retry: 0\n",
+)
+
+
 def fuzzed_body(rng: random.Random) -> str:
-    """One nasty body: spec-like lines with wild values, mutated, sometimes fenced or flooded."""
+    """One nasty body: spec-like lines with wild values, mutated, sometimes fenced or flooded;
+    one in five starts from a valid spec (and half of those stay valid)."""
+    if rng.random() < 0.2:
+        body = rng.choice(VALID)
+        if rng.random() < 0.5:
+            at = rng.randrange(len(body) + 1)
+            body = body[:at] + rng.choice(NASTY + WORDS) + body[at:]
+        return f"Please train this.\n\n```yaml\n{body}```\n" if rng.random() < 0.5 else body
     lines = []
     for _ in range(rng.randrange(0, 12)):
         key = rng.choice(FIELDS) if rng.random() < 0.85 else _scalar(rng)

@@ -828,12 +828,15 @@ def test_github_and_healthz_get_their_answers_while_a_hostile_comment_is_handled
 
 
 def test_a_comment_is_read_only_once_its_author_may_steer(hub, gh, monkeypatch):
-    import issueops.bridge.events as events
+    import issueops.bridge.service as service
 
     read = []
-    monkeypatch.setattr(
-        events, "extract_document", lambda body, key: read.append(key) or {key: {"max_depth": 2}}
-    )
+
+    def read_document(body, key="learning_type"):
+        read.append(key)
+        return {key: {"max_depth": 2}}
+
+    monkeypatch.setattr(service, "read_document", read_document)
     number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
     waiting_request(hub, number)
     comment = "adjusted_hyperparameters:\n  max_depth: 2\n"
@@ -884,18 +887,30 @@ def test_every_problem_of_a_spec_is_answered_at_once_on_the_issue(hub, gh):
     assert len(listed) == 6 and "sklearn:no_such_set" in listed[-1], reply
 
 
-def test_a_signed_payload_nested_too_deep_is_400(hub):
+def test_a_signed_payload_that_is_no_json_object_is_refused_or_dropped_with_a_log_line(hub, caplog):
+    """The receiver does not decode payloads (GitHub would wait for it): what does not even start
+    like a JSON object is a 400; one that nests too deep for the decoder (a 500 before) is
+    dropped by the worker, with one log line."""
     from tests.hostile_bodies import deep_json
 
-    raw = deep_json()
-    headers = {
-        "X-GitHub-Event": "issue_comment",
-        "X-GitHub-Delivery": "deep",
-        "X-Hub-Signature-256": sign(SECRET, raw),
-    }
-    answer = httpx.post(f"{hub.server.url}/webhook", content=raw, headers=headers, timeout=10)
-    assert answer.status_code == 400 and "nests too deeply" in answer.json()["message"]
-    assert hub.bridge.inbox.counts() == {}
+    def send(raw: bytes, delivery: str) -> httpx.Response:
+        headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": delivery}
+        headers["X-Hub-Signature-256"] = sign(SECRET, raw)
+        return httpx.post(f"{hub.server.url}/webhook", content=raw, headers=headers, timeout=10)
+
+    answer = send(b"[1, 2]", "list")
+    assert answer.status_code == 400 and "not a JSON object" in answer.json()["message"]
+    assert send(deep_json(), "deep").status_code == 202
+    assert send(b'{"action": "created", "issue": {', "cut").status_code == 202
+    with caplog.at_level("WARNING", logger="issueops.bridge.inbox"):
+        hub.process()
+    assert hub.bridge.inbox.note("deep") == (
+        "failed",
+        "the payload is not a JSON object (it nests too deeply)",
+    )
+    assert hub.bridge.inbox.note("cut")[0] == "failed"
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2 and "delivery deep dropped" in dropped[0]
 
 
 def test_a_signed_payload_with_wrongly_typed_fields_is_ignored_with_the_field_named(hub, gh):
@@ -918,6 +933,23 @@ def test_a_signed_payload_with_wrongly_typed_fields_is_ignored_with_the_field_na
         "body": ("done", "malformed payload: issue.body is not a string"),
     }
     assert hub.request(number) is None and hub.bodies(number) == []
+
+
+def test_the_worker_keeps_the_inbox_log_short(tmp_path):
+    """Accepting a delivery never copies the write-ahead log back (that took milliseconds out of
+    GitHub's answer); the worker's checkpoint does, and the log file is cut back when it restarts."""
+    from issueops.bridge.inbox import WAL_KEEP_BYTES
+
+    inbox = Inbox(tmp_path / "bridge.db")
+    body = b'{"zen": "' + b"x" * 60_000 + b'"}'
+    for n in range(400):  # 24 MB of deliveries while the worker is busy elsewhere
+        inbox.accept(f"d-{n}", "issues", body)
+    log = tmp_path / "bridge.db-wal"
+    assert log.stat().st_size > WAL_KEEP_BYTES
+    inbox.checkpoint()
+    inbox.accept("after", "issues", body)
+    assert log.stat().st_size <= WAL_KEEP_BYTES and len(inbox.queued(limit=1000)) == 401
+    inbox.close()
 
 
 def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh, settings):

@@ -283,3 +283,13 @@ def test_a_trailing_newline_passes_no_name_check():
             check(value)
     with pytest.raises(InvalidInput, match="not a valid s3://bucket/key URI"):
         load_dataset("s3://bucket/key\n", None, None)
+
+
+def test_the_bridge_reads_in_a_process_of_its_own_and_stops_a_read_that_runs_too_long():
+    from issueops.bridge.reader import read_document
+
+    with pytest.raises(SpecError, match="took longer than 0.001 s to read"):
+        read_document(floods()["broken YAML, then blank lines"], timeout_s=0.001)
+    assert read_document(SPEC_HEAD)["algorithm"] == "random_forest"  # a fresh reader
+    (problem,) = problems_of(read_document, CRASHERS["400 nested lists"][0])
+    assert "nests deeper" in problem  # our SpecError, with its problems, from the other process

@@ -21,6 +21,7 @@ from issueops.bridge import messages
 from issueops.bridge.controller import RequestController
 from issueops.bridge.events import TRAIN_LABEL, Intent, interpret, read_adjusted
 from issueops.bridge.inbox import DONE, FAILED, Delivery, Inbox
+from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
@@ -33,7 +34,7 @@ from issueops.requests import (
     run_failed,
     starts_new_request,
 )
-from issueops.spec import TrainingSpec, parse_issue_body
+from issueops.spec import TrainingSpec, validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class Bridge:
     # ------------------------------------------------------------------ the loop
 
     def run_once(self) -> None:
-        for delivery in self.inbox.queued():
+        for delivery in self.inbox.queued(decode=read_payload):
             if not self.inbox.take(delivery.id):  # another bridge process on this home has it
                 continue
             try:
@@ -190,6 +191,7 @@ class Bridge:
             else:
                 log.info("delivery %s: %s", delivery.id, note)
                 self.inbox.finish(delivery.id, DONE, note)
+        self.inbox.checkpoint()
         self.book.tick()
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
@@ -231,8 +233,8 @@ class Bridge:
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, "start training with the label")
             return f"{intent.sender} may not start training"
-        try:  # parsed only now that the sender may steer, on the worker's thread
-            spec = parse_issue_body(intent.body, check_inputs=self.book.check)
+        try:  # read only now that the sender may steer, and in the reader's process
+            spec = validate_spec(read_document(intent.body), check_inputs=self.book.check)
         except InvalidInput as error:
             self._reply(client, intent.issue, messages.spec_rejected(error.problems))
             return "spec rejected: " + "; ".join(error.problems)
@@ -257,7 +259,7 @@ class Bridge:
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, f"use /{intent.action} or steer a run")
             return f"{intent.sender} may not steer"
-        intent = read_adjusted(intent)  # the comment's YAML, read only for someone who may steer
+        intent = read_adjusted(intent, extract=read_document)  # only for someone who may steer
         if intent.problems:
             self._reply(client, intent.issue, messages.input_rejected(request, intent.problems))
             return "input rejected: " + "; ".join(intent.problems)

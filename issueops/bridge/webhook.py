@@ -4,7 +4,8 @@ GitHub gives a receiver 10 seconds. Nothing slow happens before the reply: the s
 from Content-Length before the body is read (413 over 1 MiB), the HMAC-SHA256 signature over the
 raw body is compared in constant time (401 when missing or wrong, and nothing is recorded), the
 delivery is written to the durable inbox keyed by X-GitHub-Delivery (a redelivery answers 200
-and queues nothing), and the reply is 202. The bridge's worker picks the delivery up from there.
+and queues nothing), and the reply is 202. Nothing in the body is read here, not even its JSON:
+the bridge's worker picks the delivery up from there.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -77,13 +77,10 @@ def make_app(
         if request.content_type == "application/x-www-form-urlencoded":
             form = parse_qs(body.decode("utf-8", "replace"))
             body = (form.get("payload") or [""])[0].encode()
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _answer(400, "the payload is not JSON")
-        except RecursionError:  # json's decoder recurses once per level
-            return _answer(400, "the payload nests too deeply")
-        if not isinstance(payload, dict):
+        # Not decoded here: a signed body is GitHub's JSON, and decoding one costs ~15 ns a byte
+        # (2 ms for a comment of 64 KiB of blank lines) that the next delivery would wait for.
+        # The worker decodes it, and drops one that is not a JSON object with a log line.
+        if body.lstrip()[:1] != b"{":
             return _answer(400, "the payload is not a JSON object")
         if not inbox.accept(delivery, event, body):
             return _answer(200, "duplicate delivery; already handled", delivery=delivery)
