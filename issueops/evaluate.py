@@ -1,17 +1,25 @@
-"""evaluate: metrics on the held-out test split, results.json and plots in one directory."""
+"""evaluate: metrics on the held-out test split, results.json and plots in one directory; and a
+registered version (production's, the champion) scored on the same data as a new attempt."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import math
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from issueops.errors import InvalidInput, IssueOpsError
 from issueops.prepare import PreparedData
 from issueops.spec import TrainingSpec
 from issueops.training import load_model, read_manifest
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 
@@ -64,6 +72,154 @@ def evaluate_model(
     return result
 
 
+@dataclass
+class ChampionScore:
+    """A registered version scored on the data a new attempt is judged on (its test split, or its
+    evaluation episodes), or the reason it could not be: `value` is None then."""
+
+    model: str
+    version: int | None
+    evaluation_metric: str
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    registered_value: float | None = None  # what it was registered with, on its own test split
+    scored_on: str = ""  # "the same 114-row test split", "the same 10 episodes of CartPole-v1, seeds ..."
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path) -> tuple[dict[str, float], str]:
+    """The metrics of the model saved in `model_dir` on the data `spec`'s attempt is judged on, and
+    what that data is; InvalidInput with the reason when that model cannot be scored there (another
+    task, a changed feature set or classes, a model that only labels the rows it was fitted on)."""
+    manifest = read_manifest(model_dir)
+    kind = (manifest.get("learning_type"), manifest.get("task_type"))
+    if kind != (spec.learning_type, spec.task_type):
+        raise InvalidInput(
+            f"it is a {kind[0]} {kind[1]} model and this attempt is {spec.learning_type} {spec.task_type}"
+        )
+    if spec.learning_type == "reinforcement":
+        from issueops.training.reinforcement import score_policy
+
+        environment = (manifest.get("spec") or {}).get("environment")
+        if environment != spec.environment:
+            raise InvalidInput(f"it plays {environment}, not {spec.environment}")
+        metrics, played = score_policy(spec, Path(model_dir) / manifest["file"])
+        return metrics, (
+            f"the same {played['episodes']} episodes of {spec.environment}, seeds {played['seeds']}"
+        )
+    prepared = PreparedData.open(prepared_dir)
+    test = prepared.table("test")
+    columns = list(manifest.get("feature_columns") or [])
+    if problem := _feature_problem(columns, manifest.get("feature_kinds") or {}, prepared.metadata, test):
+        raise InvalidInput(problem)
+    scored_on = f"the same {len(test)}-row test split"
+    if spec.learning_type == "supervised":
+        return _score_supervised(manifest, prepared, model_dir, test[columns]), scored_on
+    from issueops.training.unsupervised import NOT_SERVABLE, evaluate_unsupervised
+
+    if spec.algorithm in NOT_SERVABLE:
+        raise InvalidInput(
+            f"this attempt's {spec.algorithm} is scored on the rows it was fitted on, and another model "
+            "cannot be scored on those as on a test split"
+        )
+    if manifest.get("servable") is False:
+        raise InvalidInput(NOT_SERVABLE.get(manifest.get("algorithm"), "it cannot score new rows"))
+    own = PreparedData(prepared.directory, {**prepared.metadata, "feature_columns": columns})
+    with tempfile.TemporaryDirectory(prefix="issueops-score-") as scratch:  # its plots are not kept
+        metrics, _, _ = evaluate_unsupervised(_spec_of(manifest), own, model_dir, Path(scratch))
+    return metrics, scored_on
+
+
+def _feature_problem(columns: list[str], kinds: dict[str, str], metadata: dict, table) -> str | None:
+    """Why a model with these feature columns cannot read this data (None when it can)."""
+    if not columns:
+        return "it names no feature columns"
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return f"the feature set changed: {shown} {'is' if len(missing) == 1 else 'are'} not in this attempt's data"
+    now = metadata.get("feature_kinds") or {}
+    changed = [c for c in columns if c in now and c in kinds and now[c] != kinds[c]]
+    if changed:
+        first = changed[0]
+        return (
+            f"the feature set changed: {len(changed)} column(s) changed kind ({first} was {kinds[first]}, "
+            f"is {now[first]} now)"
+        )
+    return None
+
+
+def _score_supervised(manifest: dict, prepared: PreparedData, model_dir: Path, X) -> dict:
+    target = prepared.metadata.get("target")
+    if manifest.get("target") not in (None, target):
+        raise InvalidInput(f"it predicts {manifest['target']}, and this attempt predicts {target}")
+    model, y = load_model(model_dir), prepared.labels("test")
+    if manifest.get("task_type") == "classification":
+        classes = list(prepared.metadata.get("classes") or [])
+        if list(manifest.get("classes") or []) != classes:
+            theirs = ", ".join(map(str, (manifest.get("classes") or [])[:10]))
+            raise InvalidInput(
+                f"its classes ({theirs}) differ from this attempt's ({', '.join(classes[:10])})"
+            )
+        return classification_report(model, X, y, classes, None)[0]
+    return regression_report(y, np.asarray(model.predict(X), dtype=np.float64), None)[0]
+
+
+def _spec_of(manifest: dict) -> TrainingSpec:
+    """The spec a model was trained with, from its manifest (fields this version does not know dropped)."""
+    known = {f.name for f in dataclasses.fields(TrainingSpec)}
+    return TrainingSpec(**{k: v for k, v in (manifest.get("spec") or {}).items() if k in known})
+
+
+def score_version(
+    spec: TrainingSpec, prepared_dir: Path, registry, model: str, version: int
+) -> ChampionScore:
+    """A registered version scored on the data `spec`'s attempt is judged on. Any failure is the
+    score's `reason`, never an exception: a version that cannot be scored leaves the threshold to decide."""
+    metric = spec.evaluation_metric
+    score = ChampionScore(model, version, metric)
+    with tempfile.TemporaryDirectory(prefix="issueops-version-") as scratch:
+        try:
+            info = registry.version(model, version)
+            score.registered_value = info.metrics.get(metric)
+            metrics, score.scored_on = score_model(
+                spec, prepared_dir, registry.download(model, version, Path(scratch))
+            )
+        except IssueOpsError as error:  # InvalidInput: why it does not fit; others: the registry
+            score.reason = str(error)
+            return score
+        except Exception as error:  # an old pickle, a dtype the model never saw: said, not raised
+            log.warning("version %s of %s could not be scored", version, model, exc_info=True)
+            score.reason = f"scoring it failed ({type(error).__name__}: {str(error)[:200]})"
+            return score
+    score.metrics = metrics
+    value = metrics.get(metric)
+    if value is None or math.isnan(value):
+        score.reason = f"its {metric} could not be computed on {score.scored_on}"
+    else:
+        score.value = float(value)
+    return score
+
+
+def score_champion(
+    spec: TrainingSpec, prepared_dir: Path, registry, model: str, *, run_id: str | None = None
+) -> ChampionScore | None:
+    """Production's version of `model` (the champion) scored on the data `spec`'s attempt is judged
+    on; None when nothing is in production or production is this run's own version."""
+    try:
+        info = registry.production(model)
+    except IssueOpsError as error:
+        return ChampionScore(
+            model, None, spec.evaluation_metric, reason=f"the registry could not be read ({error})"
+        )
+    if info is None or (run_id is not None and info.run_id == run_id):
+        return None
+    return score_version(spec, prepared_dir, registry, model, info.version)
+
+
 def _evaluate_supervised(spec: TrainingSpec, prepared: PreparedData, model_dir: Path, out_dir: Path):
     model = load_model(model_dir)
     manifest = read_manifest(model_dir)
@@ -73,7 +229,8 @@ def _evaluate_supervised(spec: TrainingSpec, prepared: PreparedData, model_dir: 
     return regression_report(y, model.predict(X), out_dir)
 
 
-def classification_report(model, X, y: np.ndarray, classes: list[str], out_dir: Path):
+def classification_report(model, X, y: np.ndarray, classes: list[str], out_dir: Path | None):
+    """Metrics, details and plots of a classifier on (X, y); no plots without `out_dir`."""
     from sklearn import metrics as skm
 
     pred = np.asarray(model.predict(X)).astype(np.int64)
@@ -114,15 +271,17 @@ def classification_report(model, X, y: np.ndarray, classes: list[str], out_dir: 
             )
         },
     }
-    plots = [_plot_confusion(matrix, classes, out_dir)]
+    plots = [_plot_confusion(matrix, classes, out_dir)] if out_dir is not None else []
     if "auc_roc" in result:
         roc = _roc_curves(y, proba, classes)
         details["roc"] = roc
-        plots.append(_plot_roc(roc, out_dir))
+        if out_dir is not None:
+            plots.append(_plot_roc(roc, out_dir))
     return {k: round(float(v), 6) for k, v in result.items()}, details, plots
 
 
-def regression_report(y: np.ndarray, pred: np.ndarray, out_dir: Path):
+def regression_report(y: np.ndarray, pred: np.ndarray, out_dir: Path | None):
+    """Metrics, details and the residual plot of a regressor's predictions; no plot without `out_dir`."""
     from sklearn import metrics as skm
 
     nonzero = np.abs(y) > 1e-12
@@ -136,7 +295,8 @@ def regression_report(y: np.ndarray, pred: np.ndarray, out_dir: Path):
         else float("nan"),
     }
     details = {"n_test": int(len(y)), "mape_rows": int(nonzero.sum())}
-    return {k: round(float(v), 6) for k, v in result.items()}, details, [_plot_residuals(y, pred, out_dir)]
+    plots = [_plot_residuals(y, pred, out_dir)] if out_dir is not None else []
+    return {k: round(float(v), 6) for k, v in result.items()}, details, plots
 
 
 def _roc_curves(y, proba, classes) -> dict[str, dict[str, list[float]]]:

@@ -25,7 +25,7 @@ import yaml
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, IssueOpsError
 from issueops.github import GitHubClient, html_base_url
-from issueops.results import RunResult
+from issueops.results import RunResult, production_note, production_score
 from issueops.status import DECISION_BADGES, cell, format_seconds, format_value
 
 log = logging.getLogger(__name__)
@@ -145,16 +145,31 @@ def render_history(
         rows = [(cell(str(k)), _summary_value(v)) for k, v in result.data_summary.items()]
         parts += ["## Data", _table(("", "value"), rows)]
 
-    metric_rows = [
-        "| metric | value | threshold |",
-        "|---|---|---|",
-        f"| **{cell(result.evaluation_metric)}** | **{format_value(result.metric_value)}** "
-        f"| {format_value(result.threshold)} |",
-    ]
+    production = production_score(result.champion)
+    theirs = (result.champion or {}).get("metrics") or {}
+    if production is None:
+        metric_rows = [
+            "| metric | value | threshold |",
+            "|---|---|---|",
+            f"| **{cell(result.evaluation_metric)}** | **{format_value(result.metric_value)}** "
+            f"| {format_value(result.threshold)} |",
+        ]
+    else:  # production's version on the same data, beside each metric
+        metric_rows = [
+            f"| metric | value | {production[0]} | threshold |",
+            "|---|---|---|---|",
+            f"| **{cell(result.evaluation_metric)}** | **{format_value(result.metric_value)}** "
+            f"| {production[1]} | {format_value(result.threshold)} |",
+        ]
     for name, value in sorted(result.metrics.items()):
         if name != result.evaluation_metric:
-            metric_rows.append(f"| {cell(str(name))} | {format_value(value)} | |")
+            mine = f"| {cell(str(name))} | {format_value(value)} |"
+            metric_rows.append(
+                f"{mine} |" if production is None else f"{mine} {format_value(theirs.get(name))} | |"
+            )
     parts += ["## Metrics", "\n".join(metric_rows)]
+    if note := production_note(result.champion):
+        parts.append(note)
 
     model = [
         ("Name", f"`{result.model_name}`" if result.model_name else "—"),

@@ -48,7 +48,8 @@ EXECUTOR_MODULE = "kfp.dsl.executor_main"
 MAX_MESSAGE = 64 * 1024 * 1024
 _SIZE = struct.Struct("!Q")
 
-PUBLISH_STEPS = frozenset({"register", "package", "deploy", "write_history", "notify", "rollback"})
+# judge reads the registry (production, to score it on the same data): it forks where MLflow is loaded.
+PUBLISH_STEPS = frozenset({"judge", "register", "package", "deploy", "write_history", "notify", "rollback"})
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,8 @@ class RunResult:
     finished_at: str | None = None
     steps: list[StepTiming] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # production's version scored on this attempt's data when the judge ran (judge.Judgement.champion)
+    champion: dict[str, Any] | None = None
 
     @property
     def awaiting_approval(self) -> bool:
@@ -113,6 +115,33 @@ class RunResult:
         data["steps"] = [StepTiming(**s) for s in data.get("steps", [])]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def production_score(champion: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Production's score beside the attempt's, as every table and message shows it:
+    ("production v3", "0.9474"), with "not scored" when it could not be; None without one."""
+    if not champion:
+        return None
+    version = champion.get("version")
+    value = champion.get("value")
+    header = f"production v{version}" if version is not None else "production"
+    return header, format_value(value) if value is not None else "not scored"
+
+
+def production_note(champion: dict[str, Any] | None) -> str | None:
+    """What production's score rests on (or why there is none), one sentence; None without one."""
+    if not champion:
+        return None
+    header, _ = production_score(champion)
+    registered = champion.get("registered_value")
+    at_registration = (
+        f"; it was registered with {format_value(registered)} on its own test split"
+        if registered is not None
+        else ""
+    )
+    if champion.get("value") is None:
+        return f"{header[0].upper()}{header[1:]} was not scored: {champion.get('reason')}."
+    return f"{header[0].upper()}{header[1:]} was scored on {champion.get('scored_on')}{at_registration}."
 
 
 def production_after(

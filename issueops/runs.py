@@ -317,6 +317,7 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
         started_at=request.get("started_at"),
         finished_at=judgement.get("time"),
         steps=steps,
+        champion=judgement.get("champion"),
         warnings=[f"step {error['step']} failed: {'; '.join(error['problems'])}"]
         if error and judgement
         else [],

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from issueops.errors import IssueOpsError
 from issueops.github import GitHubClient
-from issueops.results import RunResult, StepTiming, format_seconds
+from issueops.results import RunResult, StepTiming, format_seconds, production_score
 from issueops.results import format_value as results_format_value
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,25 @@ def render_checklist(steps: Sequence[StepTiming]) -> str:
 
 
 def render_result_table(result: RunResult) -> str:
-    """The judgement as one table: metric, threshold, value, decision."""
+    """The judgement as one table: metric, threshold, value, production's value on the same data
+    (when a version is in production), decision."""
     decision = DECISION_BADGES.get(result.decision, cell(result.decision))
+    production = production_score(result.champion)
+    if production is None:
+        return "\n".join(
+            [
+                "| metric | threshold | value | decision |",
+                "|---|---|---|---|",
+                f"| {cell(result.evaluation_metric)} | {format_value(result.threshold)} "
+                f"| {format_value(result.metric_value)} | {decision} |",
+            ]
+        )
     return "\n".join(
         [
-            "| metric | threshold | value | decision |",
-            "|---|---|---|---|",
+            f"| metric | threshold | value | {production[0]} | decision |",
+            "|---|---|---|---|---|",
             f"| {cell(result.evaluation_metric)} | {format_value(result.threshold)} "
-            f"| {format_value(result.metric_value)} | {decision} |",
+            f"| {format_value(result.metric_value)} | {production[1]} | {decision} |",
         ]
     )
 
@@ -164,7 +175,15 @@ def render_summary(result: RunResult, links: Mapping[str, str] | None = None) ->
             model += f" (alias `{result.alias}`)"
         parts.append(model)
     others = {k: v for k, v in result.metrics.items() if k != result.evaluation_metric}
-    if others:
+    theirs = (result.champion or {}).get("metrics") or {}
+    if others and theirs:  # side by side, on the same data
+        header = production_score(result.champion)[0]
+        rows = [
+            f"| {cell(str(k))} | {format_value(v)} | {format_value(theirs.get(k))} |"
+            for k, v in sorted(others.items())
+        ]
+        parts.append("\n".join([f"| other metrics | value | {header} |", "|---|---|---|", *rows]))
+    elif others:
         rows = [f"| {cell(str(k))} | {format_value(v)} |" for k, v in sorted(others.items())]
         parts.append("\n".join(["| other metrics | value |", "|---|---|", *rows]))
     all_links = result_links(result, links)

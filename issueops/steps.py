@@ -78,23 +78,37 @@ def evaluate_step(
 
 
 def judge_step(spec_json: str, run_id: str, evaluation_dir: str, attempt: int) -> Judgement:
+    """The decision; when a version is in production, it is first scored on this attempt's data."""
     import json
 
     from issueops.judge import judge
 
-    _, store = _context()
+    settings, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "judge"):
         evaluation = json.loads((Path(evaluation_dir) / "results.json").read_text())
+        champion = _champion(spec, run_id, settings, store) if evaluation["value"] is not None else None
         verdict = judge(
             spec.evaluation_metric,
             evaluation["value"],
             spec.evaluation_threshold,
             attempt=attempt,
             max_retry=spec.max_retry,
+            champion=champion,
+            max_regression=spec.max_regression,
         )
         RunRecord(store, run_id).write("judgement.json", {**verdict.to_dict(), "time": utcnow()})
     return verdict
+
+
+def _champion(spec: TrainingSpec, run_id: str, settings: Settings, store: ObjectStore):
+    """Production's version of the spec's model scored on this run's test split (or episodes)."""
+    from issueops.evaluate import score_champion
+    from issueops.registry import Registry, model_name_for
+
+    prepared = _local_copy(store, f"processed/{run_id}", settings)
+    registry = Registry.from_settings(settings)
+    return score_champion(spec, prepared, registry, model_name_for(spec.to_dict()), run_id=run_id)
 
 
 def _github(settings: Settings):

@@ -11,7 +11,7 @@ from typing import Any
 
 from issueops.algorithms import ALGORITHMS, METRICS
 from issueops.requests import TrainingRequest, adjustable
-from issueops.results import RunResult, format_seconds
+from issueops.results import RunResult, format_seconds, production_score
 from issueops.status import QUESTION_MARKER, cell, format_value
 
 REPLY_MARKER = "<!-- issueops:reply -->"
@@ -38,13 +38,32 @@ def question(request: TrainingRequest, result: RunResult, *, timeout_s: float) -
     spec = request.effective_spec
     metric = METRICS[result.evaluation_metric] if result.evaluation_metric in METRICS else None
     relation = ">=" if metric is None or metric.higher_is_better else "<="
+    production = production_score(result.champion)
+    theirs = (result.champion or {}).get("metrics") or {}
+
+    def row(name: str, value: Any, bound: str, bold: bool = False) -> str:
+        mark = "**" if bold else ""
+        cells = [f"{mark}{cell(name)}{mark}", f"{mark}{format_value(value)}{mark}"]
+        if production is not None:
+            cells.append(production[1] if bold else format_value(theirs.get(name)))
+        return f"| {' | '.join(cells)} | {bound} |" if bound else f"| {' | '.join(cells)} | |"
+
     rows = [
-        f"| **{cell(result.evaluation_metric)}** | **{format_value(result.metric_value)}** "
-        f"| {relation} {format_value(result.threshold)} |"
+        row(
+            result.evaluation_metric,
+            result.metric_value,
+            f"{relation} {format_value(result.threshold)}",
+            True,
+        )
     ]
     for name, value in sorted(result.metrics.items()):
         if name != result.evaluation_metric and isinstance(value, (int, float)):
-            rows.append(f"| {cell(name)} | {format_value(value)} | |")
+            rows.append(row(name, value, ""))
+    header = ["| metric | value | threshold |", "|---|---|---|"]
+    if production is not None:
+        header = [f"| metric | value | {production[0]} | threshold |", "|---|---|---|---|"]
+    lost = bool((result.champion or {}).get("lost"))
+    missed = f"did not beat {production[0]}" if lost else "missed the threshold"
     params = [
         f"| `{name}` | {cell(allowed)} | {format_value(current)} |"
         for name, allowed, current in adjustable(spec)
@@ -56,12 +75,11 @@ def question(request: TrainingRequest, result: RunResult, *, timeout_s: float) -
     return "\n".join(
         [
             QUESTION_MARKER,
-            f"### {mention}Attempt {request.attempt} missed the threshold — how should the next one train?",
+            f"### {mention}Attempt {request.attempt} {missed} — how should the next one train?",
             "",
             f"Run `{result.run_id}` · {result.message}",
             "",
-            "| metric | value | threshold |",
-            "|---|---|---|",
+            *header,
             *rows,
             "",
             f"**Adjustable hyperparameters** of `{spec.algorithm}` "

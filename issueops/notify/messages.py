@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from issueops.results import RunResult, format_value
+from issueops.results import RunResult, format_value, production_score
 
 
 class NotificationType(StrEnum):
@@ -73,6 +73,7 @@ class Notification:
     model_version: str | None = None
     alias: str | None = None
     attempt: int | None = None
+    champion: dict[str, Any] | None = None  # production's version on the same data (RunResult.champion)
     links: dict[str, str] = field(default_factory=dict)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -125,6 +126,7 @@ class Notification:
             model_version=result.model_version,
             alias=result.alias,
             attempt=result.attempt,
+            champion=result.champion,
             links=links,
             timestamp=result.finished_at or datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -147,6 +149,12 @@ class Notification:
             facts.append((self.evaluation_metric, value))
         elif self.threshold is not None:
             facts.append(("threshold", format_value(self.threshold)))
+        if production := production_score(self.champion):  # beside the attempt's, on the same data
+            header, value = production
+            if self.champion.get("value") is None:
+                facts.append((header, f"not scored: {self.champion.get('reason')}"))
+            else:
+                facts.append((header, f"{value} on {self.champion.get('scored_on')}"))
         for name, value in self.metrics.items():
             if name == self.evaluation_metric or not _is_scalar(value):
                 continue

@@ -685,22 +685,16 @@ def success_threshold(spec: TrainingSpec, reward_threshold: float | None) -> tup
     return None, ""
 
 
-def evaluate_reinforcement(
-    spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path
-) -> tuple[dict[str, float], dict[str, Any], list[str]]:
-    """Play the exported policy for `evaluation_episodes` episodes, on seeds training never used."""
+def score_policy(spec: TrainingSpec, policy_file: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """Play an exported policy greedily for the spec's `evaluation_episodes`, on seeds training never
+    used: the metrics and the episodes they rest on. The same spec plays the same episodes, so two
+    policies scored with it (a challenger and production's) are compared on the same games."""
     import gymnasium as gym
 
-    from issueops.training import read_manifest
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    manifest = read_manifest(model_dir)
     params = resolved_hyperparameters(spec.algo, spec.hyperparameters)
     # Training seeds its runners from random_state; evaluation starts a million seeds away.
     seed = params["random_state"] + 1_000_000
-    episodes = play_episodes(
-        OnnxPolicy(model_dir / manifest["file"]), spec.environment, params["evaluation_episodes"], seed
-    )
+    episodes = play_episodes(OnnxPolicy(policy_file), spec.environment, params["evaluation_episodes"], seed)
     returns = np.array([e["return"] for e in episodes])
     lengths = np.array([e["length"] for e in episodes])
     metrics = {
@@ -713,18 +707,10 @@ def evaluate_reinforcement(
     threshold, source = success_threshold(spec, gym.spec(spec.environment).reward_threshold)
     details: dict[str, Any] = {
         "environment": spec.environment,
-        "algorithm": spec.algorithm,
-        "rllib_algorithm": manifest.get("rllib_algorithm"),
         "episodes": len(episodes),
-        "policy": f"greedy actions of the exported {manifest['file']}",
         "seeds": f"{seed}..{seed + len(episodes) - 1}",
         "episode_returns": [round(float(r), 4) for r in returns],
         "episode_lengths": [int(n) for n in lengths],
-        "budget": manifest.get("budget"),
-        "stop_reason": manifest.get("stop_reason"),
-        "training_iterations": manifest.get("iterations"),
-        "training_timesteps": manifest.get("timesteps"),
-        "training_seconds": manifest.get("training_seconds"),
     }
     if threshold is not None:
         metrics["success_rate"] = float(np.mean(returns >= threshold))
@@ -734,13 +720,42 @@ def evaluate_reinforcement(
         details["not_computed"] = {
             "success_rate": f"{spec.environment} has no solved threshold and the spec gives none"
         }
+    return {k: round(v, 6) for k, v in metrics.items()}, details
+
+
+def evaluate_reinforcement(
+    spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path
+) -> tuple[dict[str, float], dict[str, Any], list[str]]:
+    """Play the exported policy for `evaluation_episodes` episodes, on seeds training never used."""
+    from issueops.training import read_manifest
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    manifest = read_manifest(model_dir)
+    metrics, played = score_policy(spec, model_dir / manifest["file"])
+    details: dict[str, Any] = {
+        "environment": spec.environment,
+        "algorithm": spec.algorithm,
+        "rllib_algorithm": manifest.get("rllib_algorithm"),
+        "episodes": played["episodes"],
+        "policy": f"greedy actions of the exported {manifest['file']}",
+        "seeds": played["seeds"],
+        "episode_returns": played["episode_returns"],
+        "episode_lengths": played["episode_lengths"],
+        "budget": manifest.get("budget"),
+        "stop_reason": manifest.get("stop_reason"),
+        "training_iterations": manifest.get("iterations"),
+        "training_timesteps": manifest.get("timesteps"),
+        "training_seconds": manifest.get("training_seconds"),
+    }
+    details.update({k: v for k, v in played.items() if k not in details})
+    threshold = played.get("success_threshold")
     if manifest.get("note"):
         details["note"] = manifest["note"]
     plots = [
         _plot_training_curve(manifest.get("training_history") or [], threshold, out_dir),
-        _plot_evaluation(returns, threshold, out_dir),
+        _plot_evaluation(np.array(played["episode_returns"]), threshold, out_dir),
     ]
-    return {k: round(v, 6) for k, v in metrics.items()}, details, plots
+    return metrics, details, plots
 
 
 def _plot_training_curve(history: list[dict[str, Any]], threshold: float | None, out_dir: Path) -> str:
