@@ -26,7 +26,7 @@ from issueops.algorithms import (
     Param,
 )
 from issueops.requests import ACTIONS, PHASES
-from issueops.spec import MAX_RETRY_LIMIT
+from issueops.spec import MAX_RETRY_LIMIT, retrain_every_seconds
 
 GROUP = "issueops.dev"
 VERSION = "v1alpha1"
@@ -184,6 +184,32 @@ def _threshold_in_metric_range() -> list[dict[str, Any]]:
     return branches
 
 
+def _whole_numbers_up_to(n: int) -> str:
+    """A regular expression for 1..n written without leading zeros (RE2 and Python alike)."""
+
+    def any_digits(count: int) -> str:
+        return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
+
+    digits = str(n)
+    shorter = len(digits) - 1  # 1 .. 10**shorter - 1
+    parts = [] if shorter == 0 else ["[1-9]" if shorter == 1 else f"[1-9][0-9]{{0,{shorter - 1}}}"]
+    for i, digit in enumerate(digits):  # as long as n, first smaller in digit i
+        low, high = (1 if i == 0 else 0), int(digit) - 1
+        if high >= low:
+            smaller = f"[{low}-{high}]" if high > low else str(low)
+            parts.append(digits[:i] + smaller + any_digits(len(digits) - i - 1))
+    return "|".join([*parts, digits])
+
+
+def _retrain_every_pattern() -> str:
+    """retrain_every as validate_spec takes it: whole hours, days or weeks up to its limit (a year)."""
+    units = []
+    for unit in "hdw":
+        largest = max(n for n in range(1, 10_000) if retrain_every_seconds(f"{n}{unit}") is not None)
+        units.append(f"(?:{_whole_numbers_up_to(largest)}){unit}")
+    return f"^(?:{'|'.join(units)})$"
+
+
 def spec_schema() -> dict[str, Any]:
     """The openAPIV3Schema of `.spec`: a TrainingSpec, plus the request's issue and operator input."""
     hyperparameters = _all_hyperparameters()
@@ -243,6 +269,22 @@ def spec_schema() -> dict[str, Any]:
                 "maximum": 0.9,
                 "exclusiveMaximum": True,
                 "description": "Default 0.1.",
+            },
+            "retrain_every": {
+                "type": "string",
+                "pattern": _retrain_every_pattern(),
+                "description": (
+                    "Propose a retrain this long after a version went to production: 12h, 7d, 2w "
+                    "(whole hours, days or weeks, up to 366 days). Default: no schedule."
+                ),
+            },
+            "max_regression": {
+                "type": "number",
+                "minimum": 0,
+                "description": (
+                    "How much worse than the production version (scored on the same test split) a "
+                    "new version may be and still pass, in the metric's units. Default 0."
+                ),
             },
             "issue": {
                 "type": "object",

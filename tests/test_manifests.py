@@ -317,6 +317,27 @@ def corpus() -> list[tuple[str, dict]]:
         "test_size": [0.2, 0, 0.9, 0.89, -0.1, True],
         "validation_size": [0.1, 0, 0.9, 0.5],
         "evaluation_threshold": [0.9, "high", True, math.inf],
+        "retrain_every": [
+            "7d",
+            "12h",
+            "2w",
+            "8784h",
+            "8785h",
+            "366d",
+            "367d",
+            "52w",
+            "53w",
+            "0d",
+            "07d",
+            "7",
+            "7m",
+            " 7d",
+            "7d\n",
+            7,
+            True,
+            None,
+        ],
+        "max_regression": [0, 0.05, 3, -0.1, "0.1", True, None],
         "unknown_field": [1],
         "hyperparameters": [[], "n_estimators=1", None],
     }.items():
@@ -330,6 +351,7 @@ def corpus() -> list[tuple[str, dict]]:
 KNOWN_DIFFERENCES = {
     "evaluation_threshold=inf": "JSON has no infinity; kubectl cannot send it",
     "test_size=0.89": "0.89 + the default 0.1 leaves < 10% for training: the CEL rule rejects it",
+    "retrain_every='7d\\n'": "Python's $ also matches before a final newline; the API server's RE2 does not",
 }
 
 
