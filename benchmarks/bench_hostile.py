@@ -20,7 +20,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from benchmarks.bench_webhook import SECRET, _open_bridge, _percentile, delivery
 
 BODIES = int(os.environ.get("BENCH_HOSTILE_BODIES", "10000"))
 RATE = float(os.environ.get("BENCH_HOSTILE_RATE", "10"))
-VALID = int(os.environ.get("BENCH_HOSTILE_VALID", "600"))
+VALID = int(os.environ.get("BENCH_HOSTILE_VALID", "1000"))
 PACE = float(os.environ.get("BENCH_HOSTILE_PACE_S", "0.02"))  # between valid deliveries
 WINDOW_S = 1.0  # hostile comments are sent in every other window of this length
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -190,8 +189,10 @@ def under_hostile_comments(home: Path) -> None:
         "stranger": (STRANGER, floods["command, then blank lines"]),
         "collaborator": (COLLABORATOR, floods["input key, then blank lines"]),
     }
-    rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in sources}
-    sent: dict[str, list[int]] = {name: [] for name in sources}
+    # Latencies pooled over the rounds: without and with hostile comments, per kind of sender.
+    without: dict[str, list[float]] = {name: [] for name in sources}
+    with_them: dict[str, list[float]] = {name: [] for name in sources}
+    sent: dict[str, int] = dict.fromkeys(sources, 0)
     ident = 10_000
     try:
         for r in range(ROUNDS):
@@ -201,15 +202,9 @@ def under_hostile_comments(home: Path) -> None:
                     ident += 1
                     hostile.append(_signed(f"hostile-{ident}", _comment(1, ident, text, login)))
                 quiet, loud, went = _round(bridge, server.url, f"{name}-{r}", hostile)
-                rows[name].append(
-                    (
-                        _percentile(quiet, 0.5),
-                        _percentile(quiet, 0.99),
-                        _percentile(loud, 0.5),
-                        _percentile(loud, 0.99),
-                    )
-                )
-                sent[name].append(went)
+                without[name] += quiet
+                with_them[name] += loud
+                sent[name] += went
     finally:
         stop_worker.set()
         inbox.wake.set()
@@ -217,26 +212,26 @@ def under_hostile_comments(home: Path) -> None:
         server.stop()
         inbox.close()
 
-    def median(name: str, index: int) -> float:
-        return statistics.median(row[index] for row in rows[name])
-
     print(
-        f"   (b) {VALID} valid issues.opened, one every {PACE * 1e3:.0f} ms; 64 KiB hostile comments at "
-        f"{RATE:g}/s in every other {WINDOW_S:g} s window ({ROUNDS} rounds, medians)"
+        f"   (b) {VALID} valid issues.opened a round, one every {PACE * 1e3:.0f} ms; 64 KiB hostile comments "
+        f"at {RATE:g}/s in every other {WINDOW_S:g} s window ({ROUNDS} rounds, pooled)"
     )
     print(
-        f"       {'hostile comments':30} {'p50 ms':>8} {'p99 ms':>8}   {'with them':>9} {'p99 ms':>8}  sent"
+        f"       {'hostile comments':30} {'without: p50':>12} {'p99 ms':>7}   {'with: p50':>9} {'p99 ms':>7}  sent"
     )
     labels = {"stranger": "from someone without access", "collaborator": "from a collaborator (read)"}
     for name, label in labels.items():
+        quiet, loud = without[name], with_them[name]
         print(
-            f"       {label:30} {median(name, 0) * 1e3:8.2f} {median(name, 1) * 1e3:8.2f}   "
-            f"{median(name, 2) * 1e3:9.2f} {median(name, 3) * 1e3:8.2f}  {statistics.median(sent[name]):4.0f}"
+            f"       {label:30} {_percentile(quiet, 0.5) * 1e3:12.2f} {_percentile(quiet, 0.99) * 1e3:7.2f}   "
+            f"{_percentile(loud, 0.5) * 1e3:9.2f} {_percentile(loud, 0.99) * 1e3:7.2f}  {sent[name]:4d}"
         )
     for name, label in labels.items():
+        quiet, loud = without[name], with_them[name]
         print(
-            f"       ratio with / without, {label}: p50 x{median(name, 2) / median(name, 0):.2f}, "
-            f"p99 x{median(name, 3) / median(name, 1):.2f} (target <= 1.5 at p99)"
+            f"       ratio with / without, {label}: "
+            f"p50 x{_percentile(loud, 0.5) / _percentile(quiet, 0.5):.2f}, "
+            f"p99 x{_percentile(loud, 0.99) / _percentile(quiet, 0.99):.2f} (target <= 1.5 at p99)"
         )
 
 
