@@ -235,8 +235,8 @@ def test_an_operator_started_before_its_crd_says_why_and_serves_once_it_is_insta
             assert "kubectl apply --server-side -f manifests/crds/trainingrequests.yaml" in running.output()
             install_training_request_crd(api)
             requests = Requests(api, "default")
-            requests.create("late", fast_spec())
-            requests.wait("late", lambda s: s.get("runId"), 120, "the request to be picked up")
+            requests.create("late", fast_spec(max_retry=0))
+            requests.wait("late", lambda s: s.get("phase") in TERMINAL, 240, "the request to be run")
         finally:
             running.stop()
         assert running.process.returncode == 0, running.output()[-2000:]
