@@ -23,6 +23,9 @@ SECRET_ENV_NAMES = (
 )
 
 
+DEFAULT_SERVE_URL = "http://127.0.0.1:8000"
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -53,6 +56,8 @@ class Settings:
     namespace: str = "issueops"
     in_cluster: bool = False
     payload_log: str | None = None  # ISSUEOPS_PAYLOAD_LOG as given: `issueops serve` checks it
+    serve_url: str = DEFAULT_SERVE_URL  # ISSUEOPS_SERVE_URL: where `issueops serve` answers
+    actor: str | None = None  # ISSUEOPS_ACTOR: who a CLI or MCP change is made by (a GitHub login)
 
     @property
     def payload_log_rate(self) -> float:
@@ -90,4 +95,6 @@ class Settings:
             namespace=_env("ISSUEOPS_NAMESPACE", "issueops"),
             in_cluster=_env("KUBERNETES_SERVICE_HOST") is not None,
             payload_log=_env("ISSUEOPS_PAYLOAD_LOG"),
+            serve_url=_env("ISSUEOPS_SERVE_URL", DEFAULT_SERVE_URL).rstrip("/"),
+            actor=_env("ISSUEOPS_ACTOR"),
         )

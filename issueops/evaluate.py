@@ -16,6 +16,7 @@ import numpy as np
 
 from issueops.errors import InvalidInput, IssueOpsError
 from issueops.prepare import PreparedData
+from issueops.registry import VersionInfo
 from issueops.spec import TrainingSpec
 from issueops.training import load_model, read_manifest
 
@@ -371,3 +372,71 @@ def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=80)
     _pyplot().close(fig)
     return str(path)
+
+
+@dataclass
+class VersionComparison:
+    """Two registered versions of a model: what each was registered with (`versions[i].metrics`,
+    each on its own test split) and both scored on the newer one's data where possible."""
+
+    model: str
+    evaluation_metric: str
+    higher_is_better: bool
+    data_of: int  # the version whose run's test split (or episodes) both are scored on
+    versions: list[VersionInfo]  # older first
+    scores: list[ChampionScore]  # the same order
+    better: int | None  # the version that scores better on that data; None for a tie or no comparison
+    summary: str
+
+
+def compare_versions(registry, store, model: str, a: int, b: int) -> VersionComparison:
+    """Versions `a` and `b` of `model` side by side: registered metrics, and both scored (as the judge
+    scores production) on the test split of the newer one's run, with the newer one's metric."""
+    from issueops.algorithms import METRICS
+    from issueops.results import format_value
+    from issueops.runs import RunRecord
+    from issueops.store import download_dir
+
+    if a == b:
+        raise InvalidInput(f"Name two different versions of {model}, not {a} twice.")
+    versions = sorted((registry.version(model, a), registry.version(model, b)), key=lambda v: v.version)
+    newer = versions[1]
+    request = (RunRecord(store, newer.run_id).read("request.json") or {}) if newer.run_id else {}
+    if not request.get("spec"):
+        why = (
+            f"version {newer.version}'s run left no spec in the store, so there is no test split to score on"
+        )
+        metric = next(iter(newer.metrics), "")
+        scores = [ChampionScore(model, v.version, metric, reason=why) for v in versions]
+        return VersionComparison(
+            model, metric, True, newer.version, versions, scores, None, f"{why[0].upper()}{why[1:]}."
+        )
+    spec = _spec_of({"spec": request["spec"]})
+    metric = spec.evaluation_metric
+    with tempfile.TemporaryDirectory(prefix="issueops-compare-") as scratch:
+        prepared = download_dir(store, f"processed/{newer.run_id}", Path(scratch) / "processed")
+        if spec.learning_type != "reinforcement" and not (prepared / "test.parquet").exists():
+            why = f"version {newer.version}'s test split (processed/{newer.run_id}) is no longer in the store"
+            scores = [ChampionScore(model, v.version, metric, reason=why) for v in versions]
+        else:
+            scores = [score_version(spec, prepared, registry, model, v.version) for v in versions]
+    higher = METRICS[metric].higher_is_better
+    better, summary = None, ""
+    if all(s.value is not None for s in scores):
+        values = ", ".join(f"{format_value(s.value)} for v{s.version}" for s in scores)
+        summary = (
+            f"On version {newer.version}'s {scores[1].scored_on.removeprefix('the same ')}: {metric} {values}"
+        )
+        gap = scores[1].value - scores[0].value
+        if abs(gap) < 1e-9:
+            summary += "; they score the same."
+        else:
+            better = scores[1].version if (gap > 0) == higher else scores[0].version
+            summary += f"; v{better} is better by {format_value(abs(gap))}."
+    else:
+        summary = " ".join(
+            f"Version {s.version} could not be scored on version {newer.version}'s data: {s.reason}."
+            for s in scores
+            if s.value is None
+        )
+    return VersionComparison(model, metric, higher, newer.version, versions, scores, better, summary)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -28,10 +28,17 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from issueops.algorithms import ALGORITHMS, METRICS, TASK_METRICS, Algorithm, Metric
+from issueops.bridge.answers import ANSWERS, RequestView
 from issueops.cli.registry import actor
 from issueops.config import Settings
 from issueops.errors import IssueOpsError, NotFound
+from issueops.evaluate import VersionComparison
 from issueops.logs import mask
+from issueops.monitoring.drift import MIN_ROWS, DriftReport
+from issueops.monitoring.performance import MIN_LABELLED_ROWS, PerformanceReport
+from issueops.monitoring.reports import DRIFT_WINDOW, PERFORMANCE_WINDOW
+from issueops.monitoring.scrape import EndpointMetrics
+from issueops.monitoring.triggers import CheckReport
 from issueops.packaging import PackageResult
 from issueops.prediction import Prediction, Predictor
 from issueops.prepare import DatasetDescription
@@ -49,6 +56,12 @@ SpecBody = Annotated[
 ModelName = Annotated[str, Field(description="Registered model name, e.g. breast-cancer-random-forest.")]
 VersionNumber = Annotated[int, Field(ge=1, description="Version number of the registered model.")]
 Reason = Annotated[str | None, Field(description="Why; kept in the model's audit trail.")]
+ServedVersion = Annotated[
+    int | None, Field(ge=1, description="A version with logged traffic; default: the production version.")
+]
+Duration = Annotated[
+    str | None, Field(description="A duration such as 30m, 24h, 7d or 2w; default: the CLI's.")
+]
 
 
 @dataclass
@@ -87,7 +100,8 @@ server = MCPServer(
     instructions=(
         "Issue-driven MLOps on this machine: validate a training spec (the YAML of a GitHub issue), train it "
         "on the local Kubeflow Pipelines runner, then inspect, approve, roll back, package and query the "
-        "registered models. Start with list_algorithms or validate_spec."
+        "registered models; watch served models for drift and degradation, propose retraining, answer the "
+        "bridge's training requests and compare versions. Start with list_algorithms or validate_spec."
     ),
     lifespan=lifespan,
     log_level=os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING").upper(),
@@ -313,3 +327,213 @@ async def predict(
     same Triton repository `issueops serve` serves: a label and class probabilities per row for
     classification, a prediction for regression, a cluster or embedding otherwise."""
     return await _offload(lambda: _shared(ctx).predictor.predict(model, rows, version))
+
+
+# ---------------------------------------------------------------------- monitoring
+
+
+@tool
+async def detect_drift(
+    model: ModelName,
+    ctx: Context,
+    version: ServedVersion = None,
+    since: Annotated[
+        str, Field(description="Start of the window: a duration back from now (30m, 24h, 7d) or an ISO time.")
+    ] = DRIFT_WINDOW,
+    min_rows: Annotated[int, Field(ge=1, description="The smallest window tested.")] = MIN_ROWS,
+    adjust_p_values: Annotated[
+        bool,
+        Field(description="Adjust p-values across features (Benjamini-Hochberg); false judges each alone."),
+    ] = True,
+) -> DriftReport:
+    """Drift of a served version's logged traffic against the reference profile saved when it was
+    registered, as `issueops monitor drift`: per feature (Kolmogorov-Smirnov, chi-square, Z-test, or
+    Wasserstein / Jensen-Shannon on large references), the predictions, and the dataset verdict by drift
+    share. A window smaller than min_rows is refused with the number needed."""
+    from issueops.monitoring.drift import Correction
+    from issueops.monitoring.reports import drift_report
+
+    shared = _shared(ctx)
+    correction = Correction.BENJAMINI_HOCHBERG if adjust_p_values else Correction.NONE
+    return await _offload(
+        lambda: drift_report(
+            shared.registry,
+            shared.store,
+            model,
+            version=version,
+            since=since,
+            min_rows=min_rows,
+            correction=correction,
+        )  # fmt: skip
+    )
+
+
+@tool
+async def check_performance(
+    model: ModelName,
+    ctx: Context,
+    version: ServedVersion = None,
+    since: Annotated[
+        str, Field(description="Start of the window: a duration back from now (7d, 30d) or an ISO time.")
+    ] = PERFORMANCE_WINDOW,
+    tolerance: Annotated[
+        float,
+        Field(
+            ge=0, description="How much worse than registered still counts as fine, in the metric's units."
+        ),
+    ] = 0.0,
+    min_labelled: Annotated[
+        int, Field(ge=1, description="Labelled rows a measurement needs.")
+    ] = MIN_LABELLED_ROWS,
+) -> PerformanceReport:
+    """A served version's evaluation metric on its labelled production traffic (labels sent with
+    `issueops monitor feedback`) against the value it was registered with, as `issueops monitor
+    performance`; for a classifier with too few labels, a confidence-based (CBPE) estimate, marked."""
+    from issueops.monitoring.reports import performance_report
+
+    shared = _shared(ctx)
+    return await _offload(
+        lambda: performance_report(
+            shared.registry,
+            shared.store,
+            model,
+            version=version,
+            since=since,
+            tolerance=tolerance,
+            min_labelled=min_labelled,
+        )  # fmt: skip
+    )
+
+
+@tool
+async def get_endpoint_metrics(ctx: Context) -> EndpointMetrics:
+    """The issueops series on the local `issueops serve` endpoint's /metrics (ISSUEOPS_SERVE_URL), parsed
+    with prometheus_client's parser: inference requests by model, version and status, payload-log drops
+    and queue depth, and whatever else that process exports."""
+    from issueops.monitoring.scrape import endpoint_metrics
+
+    url = _shared(ctx).settings.serve_url
+    return await _offload(lambda: endpoint_metrics(url))
+
+
+@tool
+async def propose_retrain(
+    model: ModelName,
+    ctx: Context,
+    act: Annotated[
+        bool,
+        Field(
+            description="Open (or remind, or resolve) the proposal: a GitHub issue labelled "
+            "mlops:retrain-proposal, or a file in the store without GitHub. False only reports."
+        ),
+    ] = True,
+    drift_window: Duration = None,
+    drift_windows: Annotated[
+        int | None, Field(ge=1, description="Drifting windows in a row that fire.")
+    ] = None,
+    min_rows: Annotated[int | None, Field(ge=1, description="Rows a drift window needs.")] = None,
+    performance_window: Duration = None,
+    tolerance: Annotated[
+        float | None, Field(ge=0, description="How much worse than registered may get.")
+    ] = None,
+    min_labelled: Annotated[int | None, Field(ge=1, description="Labelled rows a measurement needs.")] = None,
+    cooldown: Duration = None,
+) -> CheckReport:
+    """Evaluate one production model's retraining triggers (drift persisting over consecutive windows,
+    performance degraded beyond a tolerance, the spec's retrain_every), as `issueops monitor check
+    --model MODEL --open-issues`: a firing trigger opens one proposal per model and trigger with the
+    evidence and a ready-to-approve spec; nothing trains until a person approves it."""
+    from dataclasses import replace
+
+    from issueops.github import configured_client
+    from issueops.history import history_branch
+    from issueops.monitoring.reports import parse_duration
+    from issueops.monitoring.triggers import TriggerPolicy, check_triggers
+
+    shared = _shared(ctx)
+
+    def check() -> CheckReport:
+        given = {
+            "drift_window": drift_window and parse_duration(drift_window),
+            "drift_windows": drift_windows,
+            "min_rows": min_rows,
+            "performance_window": performance_window and parse_duration(performance_window),
+            "tolerance": tolerance,
+            "min_labelled": min_labelled,
+            "cooldown": cooldown and parse_duration(cooldown),
+        }
+        policy = replace(TriggerPolicy(), **{k: v for k, v in given.items() if v is not None})
+        github = configured_client(shared.settings) if act else None
+        return check_triggers(
+            shared.store, shared.registry, policy=policy, github=github, act=act, branch=history_branch(),
+            models=[model],
+        )  # fmt: skip
+
+    return await _offload(check)
+
+
+# ---------------------------------------------------------------------- the bridge's requests
+
+
+@tool
+async def list_requests(
+    ctx: Context,
+    phase: Annotated[
+        str | None,
+        Field(description="Only requests in this phase, e.g. WaitingForOperator; default: every request."),
+    ] = None,
+) -> list[RequestView]:
+    """The bridge's training requests on this machine ($ISSUEOPS_HOME/requests), oldest first: phase,
+    attempts and their results, the question waiting for an answer, and the hyperparameters an answer
+    may adjust (allowed values and the current ones)."""
+    from issueops.bridge.answers import list_requests as requests
+
+    settings = _shared(ctx).settings
+    return await _offload(lambda: requests(settings, phase))
+
+
+@tool
+async def answer_request(
+    name: Annotated[str, Field(description="The request's name, as list_requests gives it.")],
+    action: Annotated[
+        Literal[ANSWERS],
+        Field(
+            description="retrain (with adjusted_hyperparameters, or without to train again as it is) while it "
+            "waits for the operator; approve a version waiting for manual approval; cancel the request."
+        ),
+    ],
+    ctx: Context,
+    adjusted_hyperparameters: Annotated[
+        dict[str, Any] | None,
+        Field(description="For retrain: hyperparameter -> value, checked as on the issue."),
+    ] = None,
+    version: Annotated[
+        int | None, Field(ge=1, description="For approve: default the request's version.")
+    ] = None,
+) -> RequestView:
+    """Answer a training request as a comment on its issue would (adjusted_hyperparameters, /retrain,
+    /approve, /cancel), with the same rules and the same replies on the issue. It is made in the name of
+    ISSUEOPS_ACTOR (a GitHub login), who must be on ISSUEOPS_ALLOWLIST or have write access to the
+    request's repository (asked of GitHub when GITHUB_TOKEN is set). The bridge starts the next attempt."""
+    from issueops.bridge.answers import answer_request as answer
+
+    settings = _shared(ctx).settings
+    return await _offload(
+        lambda: answer(
+            settings, name, action, adjusted_hyperparameters=adjusted_hyperparameters, version=version
+        )
+    )
+
+
+@tool
+async def compare_versions(
+    model: ModelName, a: VersionNumber, b: VersionNumber, ctx: Context
+) -> VersionComparison:
+    """Two versions of a model side by side: the metrics each was registered with (each on its own test
+    split), and both scored the way the judge scores production against a new attempt: on the newer
+    version's test split (or, for RL, its evaluation episodes), with its evaluation metric. A version that
+    cannot be scored there says why."""
+    from issueops.evaluate import compare_versions as compare
+
+    shared = _shared(ctx)
+    return await _offload(lambda: compare(shared.registry, shared.store, model, a, b))

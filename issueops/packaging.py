@@ -22,7 +22,6 @@ from issueops.errors import NotFound
 from issueops.runs import RunRecord, step_guard, utcnow
 from issueops.store import ObjectStore, open_store
 
-DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
 
 
@@ -222,7 +221,7 @@ def deploy_step(run_id: str) -> dict[str, Any]:
 
             serving = deploy_version(model, version, store=store, approved=approved).to_dict()
         else:
-            http = os.environ.get("ISSUEOPS_SERVE_URL", DEFAULT_HTTP_URL).rstrip("/")
+            http = settings.serve_url
             serving = {
                 "mode": "local",
                 "endpoint": f"{http}/v2/models/{model}",

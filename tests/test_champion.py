@@ -146,6 +146,17 @@ def test_rmse_is_lower_is_better_and_a_loser_with_retries_left_asks_the_operator
     assert "meets the threshold (<= 100) and it is not worse than production v1" in forest.message
     assert put_in_production(forest_run, forest) == 2
 
+    # compare_versions scores both as the judge does, on the newer one's split: the forest wins.
+    from issueops.evaluate import compare_versions
+    from issueops.store import open_store
+
+    settings = Settings.from_env()
+    compared = compare_versions(Registry.from_settings(settings), open_store(settings), "dia-rf", 2, 1)
+    assert [s.value for s in compared.scores] == [stump.value, forest.value] and compared.better == 2
+    assert compared.higher_is_better is False and compared.summary.endswith(
+        f"v2 is better by {format_value(stump.value - forest.value)}."
+    )
+
     # The stump again: a larger rmse, still within the threshold, loses; two retries are left.
     _, again = train_through_judge(REGRESSION.format(trees=STUMP, extra=""))
     assert again.decision == "retrain" and again.champion["value"] == forest.value

@@ -12,6 +12,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from tests.conftest import EXAMPLES, REPO
+from tests.github_double import GitHubDouble
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +31,13 @@ TOOLS = {
     "rollback_production",
     "package_version",
     "predict",
+    "detect_drift",
+    "check_performance",
+    "get_endpoint_metrics",
+    "propose_retrain",
+    "list_requests",
+    "answer_request",
+    "compare_versions",
 }
 MODEL = "bc-mcp"
 
@@ -214,6 +222,22 @@ async def test_train_package_predict_rollback_archive_through_the_tools(server):
         rollback = next(r for r in trail if r["action"] == "rollback")
         assert (rollback["from_version"], rollback["to_version"], rollback["reason"]) == (2, 1, "drift")
 
+        # Both versions scored on version 2's test split, as the judge scores production.
+        compared = await call(client, "compare_versions", model=MODEL, a=2, b=1)
+        assert [v["version"] for v in compared["versions"]] == [1, 2] and compared["data_of"] == 2
+        for version, scored in zip(compared["versions"], compared["scores"], strict=True):
+            # the same seeded split: each scores what it was registered with
+            assert scored["value"] == version["metrics"]["accuracy"] == first["metrics"]["accuracy"]
+            assert scored["scored_on"] == "the same 114-row test split"
+        assert compared["better"] is None and compared["summary"].endswith("they score the same.")
+        assert "Name two different versions" in await refusal(
+            client, "compare_versions", model=MODEL, a=1, b=1
+        )
+        assert (
+            await refusal(client, "compare_versions", model=MODEL, a=1, b=7)
+            == f"Model {MODEL} has no version 7."
+        )
+
 
 async def test_stdio_server_keeps_stdout_for_the_protocol(home, tmp_path):
     """`python -m issueops mcp` started by mcp's stdio client: a training run, with the KFP runner's
@@ -276,3 +300,248 @@ def test_http_transport_refuses_to_listen_beyond_loopback(host):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"listens on loopback only (127.0.0.1, ::1, localhost), not {host}" in done.stderr
+
+
+# ---------------------------------------------------------------------- monitoring
+
+
+def start_serving(home) -> tuple[subprocess.Popen, str]:
+    """`issueops serve` in its own process, logging its traffic to the home's store."""
+    from tests.test_serving import SERVE, free_port
+
+    http = free_port()
+    log = open(home / "serve.log", "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [*SERVE, "serve", "--port", str(http), "--grpc-port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=REPO,
+    )
+    line = process.stdout.readline()
+    assert line.startswith("serving"), (line, (home / "serve.log").read_text())
+    return process, f"http://127.0.0.1:{http}"
+
+
+def infer(url: str, request_id: str, rows) -> list[int]:
+    """One V2 inference of a batch of rows; the predicted class indices."""
+    import urllib.request
+
+    body = {"id": request_id, "inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP64",
+                                          "data": rows.ravel().tolist()}]}  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v2/models/{MODEL}/infer", json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        outputs = {o["name"]: o["data"] for o in json.loads(answer.read())["outputs"]}
+    return [int(label) for label in outputs["label"]]
+
+
+def save_profile(home, run_id: str) -> list[str]:
+    """The version's reference profile, from its prepared data, as the register step saves it."""
+    import pandas as pd
+
+    from issueops.config import Settings
+    from issueops.monitoring.profile import build_reference_profile, save_reference_profile
+    from issueops.store import open_store
+
+    store = open_store(Settings.from_env())
+    processed = home / "store" / "processed" / run_id
+    metadata = json.loads((processed / "metadata.json").read_text())
+    train = pd.read_parquet(processed / "train.parquet")
+    profile = build_reference_profile(
+        train,
+        feature_columns={"input": metadata["feature_columns"]},
+        task_type="classification",
+        classes=metadata["classes"],
+        evaluation_metric="accuracy",
+    )
+    save_reference_profile(store, profile, MODEL, 1)
+    return metadata["feature_columns"]
+
+
+async def test_drift_performance_metrics_and_a_proposal_from_served_traffic(
+    server, home, tmp_path, monkeypatch
+):
+    """A version trained through the tools is served by `issueops serve`; its traffic (every feature
+    scaled up) is counted on /metrics, drifts, and is labelled wrong, so its accuracy has collapsed:
+    one retraining proposal is written to the store (no GitHub here), and only one."""
+    import numpy as np
+    import pandas as pd
+
+    from tests.test_pipeline import cli
+
+    async with Client(server) as client:
+        trained = await call(client, "train", body=forest(10))
+        assert await refusal(client, "detect_drift", model=MODEL) == (
+            f"Version 1 of {MODEL} has never been served: no inference logs under monitoring/{MODEL}/1/."
+        )
+    columns = save_profile(home, trained["run_id"])
+    rows = pd.read_parquet(home / "store" / "processed" / trained["run_id"] / "test.parquet")[columns]
+    shifted = rows.to_numpy(dtype="float64") * 3
+    process, url = start_serving(home)
+    monkeypatch.setenv("ISSUEOPS_SERVE_URL", url)
+    try:
+        predicted = {
+            f"req-{i}": infer(url, f"req-{i}", chunk) for i, chunk in enumerate(np.array_split(shifted, 6))
+        }
+        async with Client(server) as client:
+            metrics = await call(client, "get_endpoint_metrics")
+    finally:
+        process.terminate()  # SIGTERM: what is queued is written first
+        assert process.wait(timeout=60) == 0
+    assert metrics["url"] == f"{url}/metrics"
+    series = {s["name"]: s for s in metrics["series"]}
+    assert all(name.startswith("issueops_") for name in series)
+    served = {
+        (x["name"], tuple(sorted(x["labels"].items()))): x["value"]
+        for x in series["issueops_inference_requests"]["samples"]
+    }
+    assert (
+        served[("issueops_inference_requests_total", (("code", "200"), ("model", MODEL), ("version", "1")))]
+        == 6
+    )
+    assert series["issueops_payload_log_dropped"]["samples"][0]["value"] == 0
+
+    # Every label the opposite of what the model said.
+    lines = [
+        json.dumps({"request_id": request_id, "row": row, "label": str(1 - label)})
+        for request_id, labels in predicted.items()
+        for row, label in enumerate(labels)
+    ]
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines))
+    stored = cli("monitor", "feedback", MODEL, str(tmp_path / "labels.jsonl"), home=home)
+    assert stored.returncode == 0, stored.stderr
+
+    async with Client(server) as client:
+        drift = await call(client, "detect_drift", model=MODEL, since="1h")
+        assert (drift["version"], drift["rows"], drift["drift"]) == (1, len(rows), True)
+        assert drift["drift_share"] >= 0.5 and len(drift["features"]) == len(columns)
+        assert "needs at least 1000" in await refusal(client, "detect_drift", model=MODEL, min_rows=1000)
+
+        performance = await call(client, "check_performance", model=MODEL, since="1h")
+        assert performance["estimated"] is False and performance["labelled_rows"] == len(rows)
+        assert performance["value"] == 0 and performance["degraded"] is True
+        assert performance["registered"] == trained["metrics"]["accuracy"]
+
+        proposed = await call(client, "propose_retrain", model=MODEL, cooldown="1s")
+        (checked,) = proposed["models"]
+        triggers = {t["kind"]: t for t in checked["triggers"]}
+        assert triggers["performance"]["firing"] and triggers["performance"]["action"] == "stored"
+        assert not triggers["drift"]["firing"]  # one window so far; drift must persist over three
+        (body,) = checked["proposals"]
+        assert f"## Retraining proposal: `{MODEL}` (performance)" in body and f"model_name: {MODEL}" in body
+        again = await call(client, "propose_retrain", model=MODEL, cooldown="1s")
+        assert again["models"][0]["proposals"] == []  # still firing: not a second proposal
+        assert "is not a duration" in await refusal(client, "propose_retrain", model=MODEL, cooldown="soon")
+        assert "no production version" in await refusal(client, "propose_retrain", model="no-such-model")
+    proposals = list((home / "store" / "monitoring" / MODEL / "proposals").glob("*.md"))
+    assert [p.name.endswith("-performance.md") for p in proposals] == [True]
+
+
+# ---------------------------------------------------------------------- the bridge's requests
+
+GITHUB_TOKEN = "ghp_" + "McpT0kenValue" * 3
+WAITING_SPEC = (
+    "learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\nmodel_name: iris-mcp\n"
+    "evaluation_threshold: 0.99\nmax_retry: 2\nhyperparameters: {n_estimators: 5}\n"
+)
+
+
+def waiting_request(home, repository: str, issue: int):
+    """A request whose first attempt missed the threshold, as the bridge leaves it."""
+    from issueops.requests import WAITING, RequestStore, iso, new_request, utcnow
+    from issueops.spec import parse_issue_body
+
+    store = RequestStore(home)
+    request = new_request(
+        parse_issue_body(WAITING_SPEC), name=store.next_name(repository, issue), repository=repository,
+        issue=issue, requested_by="alice",
+    )  # fmt: skip
+    request.phase, request.attempt, request.run_id = WAITING, 1, "train-20260101-000000-abcd"
+    request.wait_deadline = iso(utcnow().replace(year=utcnow().year + 1))
+    return store.save(request)
+
+
+async def test_requests_are_answered_with_the_issue_commands_rules_and_rights(server, home, monkeypatch):
+    with GitHubDouble(token=GITHUB_TOKEN) as github:
+        github.add_user("alice", role="maintain")
+        github.add_user("rita", role="read")
+        for name, value in {"GITHUB_TOKEN": GITHUB_TOKEN, "GITHUB_REPOSITORY": github.full_name,
+                            "GITHUB_API_URL": github.url}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("ISSUEOPS_ALLOWLIST", raising=False)
+        monkeypatch.delenv("ISSUEOPS_ACTOR", raising=False)
+        issue = github.create_issue("Train", body=WAITING_SPEC, labels=["mlops:train"], user="alice")
+        name = waiting_request(home, github.full_name, issue).name
+
+        async with Client(server) as client:  # no ISSUEOPS_ACTOR: nobody to answer as
+            (listed,) = (await call(client, "list_requests", phase="WaitingForOperator"))["result"]
+            assert (listed["name"], listed["attempts_left"], listed["algorithm"]) == (
+                name,
+                2,
+                "random_forest",
+            )
+            assert {
+                "name": "n_estimators",
+                "allowed": listed["adjustable"][0]["allowed"],
+                "current": 5,
+            } in listed["adjustable"]
+            assert (await call(client, "list_requests", phase="Succeeded"))["result"] == []
+            assert "'Done' is not a phase" in await refusal(client, "list_requests", phase="Done")
+            assert "Set ISSUEOPS_ACTOR to your GitHub login" in await refusal(
+                client, "answer_request", name=name, action="cancel"
+            )
+
+        monkeypatch.setenv("ISSUEOPS_ACTOR", "rita")  # read access only
+        async with Client(server) as client:
+            refused = await refusal(client, "answer_request", name=name, action="cancel")
+        assert refused == (
+            f"rita may not answer {name}: only people on ISSUEOPS_ALLOWLIST, or with write, maintain or admin "
+            f"access to {github.full_name}, can steer a run. Nothing was changed."
+        )
+
+        monkeypatch.setenv("ISSUEOPS_ACTOR", "alice")
+        async with Client(server) as client:
+            wrong = await refusal(
+                client,
+                "answer_request",
+                name=name,
+                action="retrain",
+                adjusted_hyperparameters={"n_estimators": 0},
+            )
+            assert "n_estimators" in wrong and "Traceback" not in wrong
+            assert "nothing to approve yet" in await refusal(
+                client, "answer_request", name=name, action="approve"
+            )
+            assert "There is no request named nobody-1." == await refusal(
+                client, "answer_request", name="nobody-1", action="cancel"
+            )
+            answered = await call(
+                client,
+                "answer_request",
+                name=name,
+                action="retrain",
+                adjusted_hyperparameters={"n_estimators": 40},
+            )
+            assert answered["phase"] == "Pending" and answered["adjusted_hyperparameters"] == {
+                "n_estimators": 40
+            }
+            assert answered["message"] == "Operator input from alice accepted; attempt 2 is queued."
+            cancelled = await call(client, "answer_request", name=name, action="cancel")
+            assert cancelled["phase"] == "Cancelled" and cancelled["message"] == "Cancelled by alice."
+            assert "already Cancelled" in await refusal(client, "answer_request", name=name, action="cancel")
+        assert any("Request cancelled" in c.body for c in github.comments_on(issue))
+
+        # Without GitHub, the allowlist alone says who may answer.
+        for variable in ("GITHUB_TOKEN", "GITHUB_REPOSITORY"):
+            monkeypatch.delenv(variable)
+        other = waiting_request(home, github.full_name, issue + 1).name
+        async with Client(server) as client:
+            assert "or with GitHub configured (GITHUB_TOKEN) to check their access" in await refusal(
+                client, "answer_request", name=other, action="retrain"
+            )
+        monkeypatch.setenv("ISSUEOPS_ALLOWLIST", "bob, Alice")
+        async with Client(server) as client:
+            retrained = await call(client, "answer_request", name=other, action="retrain")
+        assert retrained["phase"] == "Pending" and "Retrain from alice" in retrained["message"]

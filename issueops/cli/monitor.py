@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from issueops.errors import InvalidInput, IssueOpsError, NotFound
+from issueops.errors import InvalidInput, IssueOpsError
 from issueops.logs import mask
 
-DRIFT_WINDOW = "24h"
-PERFORMANCE_WINDOW = "30d"
 RECEIVER_PORT = 8080
 
 
@@ -25,6 +23,7 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
     """Add `monitor` and its actions to the `issueops` subcommands."""
     from issueops.monitoring.drift import MIN_ROWS
     from issueops.monitoring.performance import MIN_LABELLED_ROWS
+    from issueops.monitoring.reports import DRIFT_WINDOW, PERFORMANCE_WINDOW
 
     monitor = subparsers.add_parser("monitor", help="drift, delayed labels and performance of served models")
     actions = monitor.add_subparsers(dest="monitor_command", required=True, metavar="ACTION")
@@ -119,18 +118,12 @@ def _add_check_parser(actions) -> None:
 
 
 def _duration_arg(text: str) -> timedelta:
-    from issueops.monitoring.payloads import parse_since
+    from issueops.monitoring.reports import parse_duration
 
-    reference = datetime(2000, 1, 1, tzinfo=UTC)
-    if not text.strip()[-1:].isalpha():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 24h, 7d or 2w")
     try:
-        value = reference - parse_since(text, reference)
-    except InvalidInput:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 24h, 7d or 2w") from None
-    if value <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
-    return value
+        return parse_duration(text)
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
 
 
 def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) -> int:
@@ -157,47 +150,16 @@ def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) 
     return code[0] if code else 0
 
 
-def _served_version(registry, store, model: str, version: int | None) -> int:
-    """The version to look at: the named one or production's, which must have payload logs."""
-    from issueops.monitoring.payloads import NeverServed, logged_versions, payload_prefix
-
-    if version is None:
-        production = registry.production(model)
-        if production is None:
-            if not logged_versions(store, model):
-                raise NeverServed(
-                    f"Model {model} has never been served: no inference logs under {payload_prefix(model)}/."
-                )
-            raise NotFound(f"Model {model} has no production version; name one with --version.")
-        version = production.version
-    if version not in logged_versions(store, model):
-        raise NeverServed(
-            f"Version {version} of {model} has never been served: no inference logs under "
-            f"{payload_prefix(model, version)}/."
-        )
-    return version
-
-
-def _window(args, registry, store):
-    """The version looked at, its reference profile, and its payload log since --since."""
-    from issueops.monitoring.payloads import parse_since, read_inference_log
-    from issueops.monitoring.profile import load_reference_profile
-
-    version = _served_version(registry, store, args.model, args.version)
-    profile = load_reference_profile(store, args.model, version)
-    log = read_inference_log(
-        store, args.model, version, since=parse_since(args.since), feature_columns=profile.feature_columns
-    )
-    return version, profile, log
-
-
 def _drift(args, registry, store):
-    from issueops.monitoring.drift import Correction, check_drift
+    from issueops.monitoring.drift import Correction
+    from issueops.monitoring.reports import drift_report
 
-    _, profile, log = _window(args, registry, store)
-    report = check_drift(
-        profile,
-        log,
+    report = drift_report(
+        registry,
+        store,
+        args.model,
+        version=args.version,
+        since=args.since,
         min_rows=args.min_rows,
         correction=Correction.NONE if args.no_correction else Correction.BENJAMINI_HOCHBERG,
         plots_dir=Path(args.plots) if args.plots else None,
@@ -264,15 +226,14 @@ def _feedback(args, registry, store):
 
 
 def _performance(args, registry, store):
-    from issueops.monitoring.performance import check_performance, read_feedback
+    from issueops.monitoring.reports import performance_report
 
-    version, profile, log = _window(args, registry, store)
-    info = registry.version(args.model, version)
-    report = check_performance(
-        profile,
-        log,
-        read_feedback(store, args.model),
-        registered_metrics=info.metrics,
+    report = performance_report(
+        registry,
+        store,
+        args.model,
+        version=args.version,
+        since=args.since,
         tolerance=args.tolerance,
         min_labelled=args.min_labelled,
     )
