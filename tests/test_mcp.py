@@ -545,3 +545,12 @@ async def test_requests_are_answered_with_the_issue_commands_rules_and_rights(se
         async with Client(server) as client:
             retrained = await call(client, "answer_request", name=other, action="retrain")
         assert retrained["phase"] == "Pending" and "Retrain from alice" in retrained["message"]
+
+
+def test_readme_mcp_table_lists_every_tool():
+    import re
+
+    section = (REPO / "README.md").read_text().split("## MCP server", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert named == TOOLS
