@@ -50,6 +50,13 @@ def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, gith
         results.append(json.loads(done.stdout))
 
     assert [r["decision"] for r in results] == ["pass", "pass", "fail"]
+    # Each later run was judged against the version in production then, on its own test split
+    # (the failing stump also scores worse than it).
+    assert results[0]["champion"] is None
+    assert [(r["champion"]["version"], r["champion"]["lost"]) for r in results[1:]] == [
+        (1, False),
+        (2, True),
+    ]
     assert all(r["warnings"] == [] for r in results)
     for log in (home / "logs").glob("*.log"):  # the runner's and every step's output
         assert TOKEN not in log.read_text()
@@ -73,6 +80,7 @@ def test_two_passes_then_a_failure_keeps_the_second_version(home, tmp_path, gith
         status = [c for c in comments if STATUS_MARKER in c]
         assert len(status) == 1, comments  # edited in place, never one per step
         assert result["decision"] in status[0] and "- [x] judge" in status[0]
+        assert ("| production v" in status[0]) is (result["champion"] is not None)
         assert len(comments) == 2  # the status comment and the final summary
 
 
