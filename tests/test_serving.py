@@ -659,7 +659,8 @@ def test_rollback_and_approvals_move_the_served_version_without_restart(world, s
     registry.rollback_production(RF, actor="test", reason="rollback on the issue")
     assert wait_for_version(server, RF, rows, "FP64", "1") == "1"
 
-    manual = "manual_approval: true\n"
+    # They need not beat version 1 in production (the judge's champion): they are here to be refused.
+    manual = "manual_approval: true\nmax_regression: 1\n"
     third = train_and_register(RF_BODY.format(n=12, extra=manual))
     fourth = train_and_register(RF_BODY.format(n=14, extra=manual))
     assert (third["version"], fourth["version"]) == ("3", "4")
