@@ -47,8 +47,10 @@ class Delivery:
 
 
 class Inbox:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
+        # Seconds since the epoch: when a delivery arrived and when one told to wait is due.
+        self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -88,7 +90,7 @@ class Inbox:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO deliveries (id, event, received_at, state, payload) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (delivery_id, event, time.time(), QUEUED, payload),
+                (delivery_id, event, self.clock(), QUEUED, payload),
             )
             accepted = cursor.rowcount == 1
         if accepted:
@@ -107,7 +109,7 @@ class Inbox:
             rows = self._db.execute(
                 "SELECT id, event, payload FROM deliveries WHERE state = ? AND not_before <= ? "
                 "ORDER BY received_at, rowid LIMIT ?",
-                (QUEUED, time.time(), limit),
+                (QUEUED, self.clock(), limit),
             ).fetchall()
         out = []
         for ident, event, payload in rows:
@@ -131,7 +133,7 @@ class Inbox:
         `bridge serve` and a `bridge poll --once` from cron may share one home: each delivery is
         handled by one of them. A taker that dies leaves it queued; it is taken again after `lease`.
         """
-        now = time.time()
+        now = self.clock()
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE deliveries SET not_before = ? WHERE id = ? AND state = ? AND not_before <= ?",
@@ -151,7 +153,7 @@ class Inbox:
         with self._lock:
             self._db.execute(
                 "UPDATE deliveries SET not_before = ?, note = ? WHERE id = ?",
-                (time.time() + seconds, note, delivery_id),
+                (self.clock() + seconds, note, delivery_id),
             )
 
     def finish(self, delivery_id: str, state: str = DONE, note: str = "") -> None:
