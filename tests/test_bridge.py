@@ -1315,3 +1315,101 @@ def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
     assert controller.step(request)
     assert request.phase == WAITING and backend.submitted == [request.run_id]
     assert any(QUESTION_MARKER in b for b in hub.bodies(number))
+
+
+# ---------------------------------------------------------------------- /approve-retrain on a proposal
+
+
+def proposal_body(model: str = "bc-rf", spec_model: str = "bc-rf") -> str:
+    """A retraining proposal's body as `issueops monitor check` writes it: marker, why, spec."""
+    from issueops.monitoring.proposals import proposal_marker
+
+    spec = SPEC.format(threshold=0.5, max_retry=0).replace("model_name: bc-rf", f"model_name: {spec_model}")
+    return f"{proposal_marker(model, 'drift')}\nThe traffic drifted.\n\n{spec}\nApprove with `/approve-retrain`.\n"
+
+
+def test_approve_retrain_is_its_own_command_not_approve_with_an_argument():
+    intent = read_input("/approve-retrain")
+    assert (intent.action, intent.version, intent.problems) == ("approve-retrain", None, [])
+    assert read_input("/approve -retrain").problems  # /approve's argument, as before
+    assert read_input("/approve 3").action == "approve"
+    issue = {"number": 3, "labels": [{"name": "mlops:retrain-proposal"}], "state": "open", "body": "b"}
+    payload = {
+        "action": "created",
+        "issue": issue,
+        "comment": {"id": 9, "body": "Looks right.\n/approve-retrain"},
+        "repository": {"full_name": "o/r"},
+        "sender": {"login": "alice", "type": "User"},
+    }
+    intent = interpret("issue_comment", payload)
+    assert intent.action == "approve-retrain" and intent.labels == ("mlops:retrain-proposal",)
+
+
+def test_approve_retrain_starts_one_request_from_the_proposal_and_the_label_adds_none(hub, gh):
+    number = gh.create_issue(
+        "Retrain bc-rf: drift", body=proposal_body(), labels=["mlops:retrain-proposal"], user="issueops-bot"
+    )
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))
+    hub.process()
+    request = hub.request(number)
+    assert request is not None and request.requested_by == "alice"
+    assert request.spec == parse_issue_body(proposal_body()) and request.spec.model_name == "bc-rf"
+    # A second approval, and the label added afterwards, start nothing more.
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))
+    gh.state.issues[number].labels.append("mlops:train")
+    labelled = hub.issue_event("labeled", number, "alice", label={"name": "mlops:train"})
+    hub.deliver("issues", labelled)
+    hub.process()
+    assert [r.name for r in hub.store.all() if r.issue == number] == [request.name]
+    (reply,) = [b for b in hub.bodies(number) if "was not applied" in b]
+    assert f"already has request `{request.name}`" in reply
+
+
+def test_the_train_label_on_a_proposal_starts_its_spec_and_the_approval_then_adds_none(hub, gh):
+    number = gh.create_issue(
+        "Retrain bc-rf: drift",
+        body=proposal_body(),
+        labels=["mlops:retrain-proposal", "mlops:train"],
+        user="issueops-bot",
+    )
+    hub.deliver("issues", hub.issue_event("labeled", number, "alice", label={"name": "mlops:train"}))
+    hub.process()
+    request = hub.request(number)
+    assert request.spec == parse_issue_body(proposal_body())
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))
+    hub.process()
+    assert [r.name for r in hub.store.all() if r.issue == number] == [request.name]
+
+
+def test_approve_retrain_refused_for_strangers_and_explained_off_proposals(hub, gh):
+    proposal = gh.create_issue(
+        "Retrain bc-rf: drift", body=proposal_body(), labels=["mlops:retrain-proposal"], user="issueops-bot"
+    )
+    hub.deliver("issue_comment", hub.comment_event(proposal, "/approve-retrain", "rita"))
+    hub.process()
+    assert hub.request(proposal) is None
+    (refusal,) = [b for b in hub.bodies(proposal) if "@rita" in b]
+    assert "write, maintain or admin" in refusal and "Nothing was started." in refusal
+
+    plain = gh.create_issue(
+        "Train", body=SPEC.format(threshold=0.9, max_retry=1), labels=["mlops:train"], user="alice"
+    )
+    hub.deliver("issue_comment", hub.comment_event(plain, "/approve-retrain", "alice"))
+    hub.process()
+    assert hub.request(plain) is None
+    (reply,) = [b for b in hub.bodies(plain) if "/approve-retrain" in b and "was not applied" in b]
+    assert "mlops:retrain-proposal" in reply
+
+
+def test_a_proposal_whose_spec_was_edited_to_another_model_is_refused(hub, gh):
+    number = gh.create_issue(
+        "Retrain bc-rf: drift",
+        body=proposal_body(spec_model="other-model"),
+        labels=["mlops:retrain-proposal"],
+        user="issueops-bot",
+    )
+    hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))
+    hub.process()
+    assert hub.request(number) is None
+    (reply,) = [b for b in hub.bodies(number) if "cannot be used" in b]
+    assert "The proposal is for model bc-rf" in reply

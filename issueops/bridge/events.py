@@ -2,7 +2,8 @@
 
 `issues` opened / labeled / edited with the training label → a new request from the issue body;
 `issue_comment` created → operator input: a YAML block with `adjusted_hyperparameters`, and/or
-one of the commands /retrain /approve /rollback [version] /cancel /status.
+one of the commands /retrain /approve /rollback [version] /cancel /status, or /approve-retrain on a
+retraining proposal (an issue labelled mlops:retrain-proposal, which has no request yet).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from typing import Any
 
 from issueops.bridge.messages import is_own_comment
 from issueops.errors import SpecError
+from issueops.monitoring.proposal_ref import APPROVE_COMMAND
 from issueops.spec import extract_document, has_key_line
 
 TRAIN_LABEL = "mlops:train"
-COMMANDS = ("retrain", "approve", "rollback", "cancel", "status")
+APPROVE_RETRAIN = APPROVE_COMMAND.lstrip("/")
+# approve-retrain before approve: an alternation takes the first that matches, and `\b` holds
+# between "approve" and "-", so the other order read /approve-retrain as /approve "-retrain".
+COMMANDS = (APPROVE_RETRAIN, "retrain", "approve", "rollback", "cancel", "status")
 _COMMAND = re.compile(
     rf"^[ \t]*/({'|'.join(COMMANDS)})\b[ \t]*([^\n]*)$", re.MULTILINE | re.IGNORECASE | re.ASCII
 )
@@ -40,6 +45,7 @@ class Intent:
     version: str | None = None
     comment_id: int | None = None
     problems: list[str] = field(default_factory=list)  # input that cannot be read
+    labels: tuple[str, ...] = ()  # the issue's labels (comments: whether it is a proposal)
 
 
 def ignore(reason: str, **known: Any) -> Intent:
@@ -113,7 +119,7 @@ def _interpret(event: str, payload: Any, label: str) -> Intent:
     if event == "issues":
         return _issue_intent(action, payload, issue, label, known)
     if event == "issue_comment":
-        return _comment_intent(action, payload, sender, known)
+        return _comment_intent(action, payload, issue, sender, known)
     return ignore(f"{event} events are not handled", **known)
 
 
@@ -132,14 +138,15 @@ def _issue_intent(action, payload, issue, label, known) -> Intent:
     return Intent("request", body=_text(issue.get("body"), "issue.body"), reason=f"issues.{action}", **known)
 
 
-def _comment_intent(action, payload, sender, known) -> Intent:
+def _comment_intent(action, payload, issue, sender, known) -> Intent:
     if action != "created":
         return ignore(f"issue_comment.{action[:40]} carries no new input", **known)
     comment = _object(payload.get("comment"), "comment")
     body = _text(comment.get("body"), "comment.body")
     if is_own_comment(body) or _text(sender.get("type"), "sender.type") == "Bot":
         return ignore("a comment of ours (or another bot)", **known)
-    return scan_input(body, comment_id=_number(comment.get("id"), "comment.id"), **known)
+    intent = scan_input(body, comment_id=_number(comment.get("id"), "comment.id"), **known)
+    return replace(intent, labels=tuple(label_names(issue))) if intent.action == APPROVE_RETRAIN else intent
 
 
 def scan_input(body: str, *, comment_id: int | None = None, **known: Any) -> Intent:

@@ -145,10 +145,31 @@ def not_allowed(user: str, what: str, *, started: bool = True) -> str:
     )
 
 
+def _not_applied(command: str, why: str) -> str:
+    return f"{REPLY_MARKER}\n`{command}` was not applied: {why}\n"
+
+
 def no_request(action: str, label: str) -> str:
-    return (
-        f"{REPLY_MARKER}\n`/{action}` was not applied: this issue has no training request. Add the "
-        f"`{label}` label with a training spec in the issue body to start one.\n"
+    return _not_applied(
+        f"/{action}",
+        f"this issue has no training request. Add the `{label}` label with a training spec in the "
+        "issue body to start one.",
+    )
+
+
+def not_a_proposal(command: str, label: str) -> str:
+    return _not_applied(
+        command,
+        f"it approves retraining proposals, the issues labelled `{label}` that `issueops monitor "
+        "check` opens, and this issue is not one.",
+    )
+
+
+def proposal_already_approved(command: str, request: TrainingRequest) -> str:
+    return _not_applied(
+        command,
+        f"this proposal already has request `{request.name}` ({request.phase}); `/retrain` trains it "
+        "again once that one has ended.",
     )
 
 

@@ -19,12 +19,13 @@ from typing import Protocol
 
 from issueops.bridge import messages
 from issueops.bridge.controller import RequestController
-from issueops.bridge.events import TRAIN_LABEL, Intent, interpret, read_adjusted
+from issueops.bridge.events import APPROVE_RETRAIN, TRAIN_LABEL, Intent, interpret, read_adjusted
 from issueops.bridge.inbox import DONE, FAILED, Delivery, Inbox
 from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
+from issueops.monitoring.proposal_ref import APPROVE_COMMAND, PROPOSAL_LABEL, check_proposal_spec
 from issueops.requests import (
     RUNNING,
     OperatorInput,
@@ -235,6 +236,7 @@ class Bridge:
             return f"{intent.sender} may not start training"
         try:  # read only now that the sender may steer, and in the reader's process
             spec = validate_spec(read_document(intent.body), check_inputs=self.book.check)
+            check_proposal_spec(intent.body, spec.model_name)  # a proposal retrains its own model
         except InvalidInput as error:
             self._reply(client, intent.issue, messages.spec_rejected(error.problems))
             return "spec rejected: " + "; ".join(error.problems)
@@ -250,6 +252,8 @@ class Bridge:
             f"comment:{intent.repository.lower()}:{intent.comment_id}", delivery.id
         ):
             return f"comment {intent.comment_id} was already handled"
+        if intent.action == APPROVE_RETRAIN:
+            return self._approve_retrain(intent, delivery)
         request = self.book.find(intent.repository, intent.issue)
         client = self.github(intent.repository)
         if request is None:
@@ -287,6 +291,24 @@ class Bridge:
             self._reply(client, intent.issue, reply)
         self.inbox.wake.set()
         return f"/{intent.action} applied to {request.name}"
+
+    def _approve_retrain(self, intent: Intent, delivery: Delivery) -> str:
+        """A retraining proposal approved: one request from the spec in its body, made as the
+        `mlops:train` label makes one, so that the label added later starts no second one."""
+        client = self.github(intent.repository)
+        if PROPOSAL_LABEL not in intent.labels:
+            if self._may_steer(client, intent.sender):  # as for other commands: strangers get silence
+                self._reply(client, intent.issue, messages.not_a_proposal(APPROVE_COMMAND, PROPOSAL_LABEL))
+            return f"issue #{intent.issue} is not a retraining proposal"
+        if not self._may_steer(client, intent.sender):
+            self._deny(client, replace(intent, kind="request"), f"use {APPROVE_COMMAND}")
+            return f"{intent.sender} may not approve retraining"
+        existing = self.book.find(intent.repository, intent.issue)
+        if existing is not None:
+            self._reply(client, intent.issue, messages.proposal_already_approved(APPROVE_COMMAND, existing))
+            return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
+        body = (delivery.payload.get("issue") or {}).get("body") or ""
+        return self._request(replace(intent, kind="request", body=body), delivery)
 
     # ------------------------------------------------------------------ authorisation and replies
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,42 +31,22 @@ from issueops.store import ObjectStore
 
 from .payloads import MONITORING_PREFIX, InferenceLog
 from .performance import labelled_rows
+from .proposal_ref import (  # noqa: F401 - re-exported: the names callers know proposals by
+    APPROVE_COMMAND,
+    PROPOSAL_LABEL,
+    ProposalRef,
+    check_proposal_spec,
+    proposal_marker,
+    proposal_ref,
+    update_marker,
+)
 
 log = logging.getLogger("issueops.monitoring")
 
-PROPOSAL_LABEL = "mlops:retrain-proposal"
-APPROVE_COMMAND = "/approve-retrain"
 TRAIN_LABEL = "mlops:train"  # the bridge's label (issueops.bridge.events.TRAIN_LABEL)
 MAX_BODY_BYTES = 60_000  # GitHub takes 65,536 characters; the spec parser reads bodies up to 64 KiB
 OPEN_ATTEMPTS = 3  # tries to open an issue, each after looking for it again
 MAX_PLOTS = 6
-_MARKER = re.compile(
-    r"<!-- issueops:retrain-proposal model=([A-Za-z0-9._-]{1,100}) trigger=([a-z]{1,20}) -->"
-)
-
-
-@dataclass(frozen=True)
-class ProposalRef:
-    """Which model and trigger a proposal issue is for (from its marker)."""
-
-    model: str
-    trigger: str
-
-
-def proposal_marker(model: str, trigger: str) -> str:
-    """The hidden first line of a proposal's body: how the issue is found again."""
-    return f"<!-- issueops:retrain-proposal model={model} trigger={trigger} -->"
-
-
-def update_marker(model: str, trigger: str) -> str:
-    """The hidden first line of our comments on a proposal (the bridge ignores `<!-- issueops:`)."""
-    return f"<!-- issueops:retrain-proposal-update model={model} trigger={trigger} -->"
-
-
-def proposal_ref(body: str | None) -> ProposalRef | None:
-    """The model and trigger of a proposal issue's body; None for any other issue."""
-    match = _MARKER.search(body or "")
-    return ProposalRef(match.group(1), match.group(2)) if match else None
 
 
 def spec_from_proposal(body: str, *, check_inputs: InputCheck | None = None) -> TrainingSpec:
@@ -81,11 +60,7 @@ def spec_from_proposal(body: str, *, check_inputs: InputCheck | None = None) -> 
             f"issues labelled {PROPOSAL_LABEL}."
         )
     spec = parse_issue_body(body, check_inputs=check_inputs)
-    if spec.model_name != ref.model:
-        raise InvalidInput(
-            f"The proposal is for model {ref.model}, but its spec has model_name "
-            f"{spec.model_name or '(none)'}; put model_name: {ref.model} back to retrain it."
-        )
+    check_proposal_spec(body, spec.model_name)
     return spec
 
 
