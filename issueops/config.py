@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from issueops.errors import InvalidInput
 from issueops.logs import register_secret
 
 SECRET_ENV_NAMES = (
@@ -38,6 +39,13 @@ def _seconds(name: str, default: float) -> float:
         return default
 
 
+def _port(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    if not raw.isdigit() or int(raw) > 65535:
+        raise InvalidInput(f"{name} must be a TCP port (0 to 65535), got {raw!r}.")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -58,6 +66,8 @@ class Settings:
     payload_log: str | None = None  # ISSUEOPS_PAYLOAD_LOG as given: `issueops serve` checks it
     serve_url: str = DEFAULT_SERVE_URL  # ISSUEOPS_SERVE_URL: where `issueops serve` answers
     actor: str | None = None  # ISSUEOPS_ACTOR: who a CLI or MCP change is made by (a GitHub login)
+    operator_metrics_port: int = 9090  # ISSUEOPS_OPERATOR_METRICS_PORT: the operator's /metrics (0: none)
+    log_json: bool = False  # ISSUEOPS_LOG_JSON: JSON log lines (issueops.logs)
 
     @property
     def payload_log_rate(self) -> float:
@@ -97,4 +107,6 @@ class Settings:
             payload_log=_env("ISSUEOPS_PAYLOAD_LOG"),
             serve_url=_env("ISSUEOPS_SERVE_URL", DEFAULT_SERVE_URL).rstrip("/"),
             actor=_env("ISSUEOPS_ACTOR"),
+            operator_metrics_port=_port("ISSUEOPS_OPERATOR_METRICS_PORT", 9090),
+            log_json=_env("ISSUEOPS_LOG_JSON") is not None,
         )

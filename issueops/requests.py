@@ -18,7 +18,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,8 @@ from typing import Any
 
 from issueops.algorithms import ALGORITHMS
 from issueops.errors import Conflict, InvalidInput, NotFound
+from issueops.logs import log_context
+from issueops.monitoring import metrics
 from issueops.results import RunResult
 from issueops.spec import TrainingSpec, validate_spec
 
@@ -528,6 +530,36 @@ def adjustable(spec: TrainingSpec) -> list[tuple[str, str, Any]]:
     """(name, allowed values, current value) for every hyperparameter of the spec's algorithm."""
     algo = ALGORITHMS[spec.algorithm]
     return [(p.name, p.describe(), spec.hyperparameters.get(p.name, p.default)) for p in algo.params]
+
+
+@contextlib.contextmanager
+def counted(request: TrainingRequest, run_ended: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Count what the block does to `request`: the phase it reaches and each attempt's decision.
+    `run_ended` hears of a run that stopped running in it (an attempt's end, a lost run), so that
+    its step times and notifications are read from its record. The drivers (bridge worker,
+    operator) wrap each change they store in this: the transitions stay plain functions, and a
+    dry run (an input checked on a copy) counts nothing. A block that raises counts nothing.
+    """
+    phase, decided = request.phase, [a.decision for a in request.attempts]
+    run_id = request.run_id if request.phase == RUNNING else None
+    yield
+    if request.phase != phase:
+        metrics.count_request_phase(request.phase)
+    for index, attempt in enumerate(request.attempts):
+        if attempt.decision and (index >= len(decided) or decided[index] is None):
+            metrics.count_attempt(attempt.decision)
+    if run_id and run_ended is not None and (request.phase != RUNNING or request.run_id != run_id):
+        run_ended(run_id)
+
+
+def request_log_context(request: TrainingRequest) -> contextlib.AbstractContextManager[None]:
+    """What is logged while a driver moves `request` names its run, issue and request (JSON logs)."""
+    return log_context(
+        execution_id=request.run_id,
+        issue_number=request.issue,
+        training_job_name=request.name,
+        status=request.phase,
+    )
 
 
 # ---------------------------------------------------------------------- the embedded store

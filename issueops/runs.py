@@ -11,6 +11,7 @@ gone without finishing reads as interrupted (`run_state`), never as a pass or an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -25,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from issueops.errors import InvalidInput, IssueOpsError
-from issueops.logs import mask
+from issueops.logs import log_context, mask
+from issueops.monitoring import metrics
 from issueops.policy import STEP_POLICIES
 from issueops.results import RunResult, StepTiming
 from issueops.store import ObjectStore
 
 PIPELINE_STEPS = ("prepare_data", "train", "evaluate", "judge")
 INTERRUPTED = "interrupted"  # the decision, and the step status, of a run whose process died
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -197,8 +201,18 @@ class StepTimeout(IssueOpsError):
 
 @contextmanager
 def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
-    """Record a step's start, end and error; enforce its timeout where signals allow (local runner)."""
+    """Record a step's start, end and error; enforce its timeout where signals allow (local runner).
+    What the step logs carries its run id and issue (JSON logs), and its end is logged with its
+    duration and status."""
     record = RunRecord(store, run_id)
+    issue = (record.read("request.json") or {}).get("issue")
+    with log_context(execution_id=run_id, issue_number=issue):
+        with _guarded(record, name):
+            yield
+
+
+@contextmanager
+def _guarded(record: RunRecord, name: str) -> Iterator[None]:
     earlier = record.error()
     if earlier and earlier.get("step") == name and earlier.get("exit_code") == 2:
         # A retry cannot fix bad input: fail at once with the same explanation.
@@ -223,6 +237,7 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     except Exception as exc:
         status = {"name": name, "status": "failed", "seconds": round(time.monotonic() - started, 3)}
         record.write(f"steps/{name}.json", status)
+        _log_step_end(name, status)
         problems = exc.problems if isinstance(exc, IssueOpsError) else [f"{type(exc).__name__}: {exc}"]
         record.write(
             "error.json",
@@ -236,19 +251,44 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
         )
         raise
     else:
-        record.write(
-            f"steps/{name}.json",
-            {
-                "name": name,
-                "status": "done",
-                "seconds": round(time.monotonic() - started, 3),
-                "finished_at": utcnow(),
-            },
-        )
+        status = {
+            "name": name,
+            "status": "done",
+            "seconds": round(time.monotonic() - started, 3),
+            "finished_at": utcnow(),
+        }
+        record.write(f"steps/{name}.json", status)
+        _log_step_end(name, status)
     finally:
         if previous is not None:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
+
+
+def _log_step_end(name: str, status: dict[str, Any]) -> None:
+    log.info(
+        "step %s %s in %.1f s",
+        name,
+        status["status"],
+        status["seconds"],
+        extra={"duration_ms": round(status["seconds"] * 1000), "status": status["status"]},
+    )
+
+
+def observe_run(store: ObjectStore, run_id: str) -> None:
+    """A run stopped running: its step durations and undelivered notifications, read from its
+    record, go to the metrics of the process that follows it (the bridge or the operator). Its
+    steps ran elsewhere (forked tasks, KFP pods) and wrote only here."""
+    record = RunRecord(store, run_id)
+    for step in record.steps():
+        if step.seconds is not None and step.status in ("done", "failed"):
+            metrics.observe_step(step.name, step.seconds)
+    for key in store.list(f"runs/{run_id}"):
+        if key.rsplit("/", 1)[-1].startswith("notify-") and key.endswith(".json"):
+            report = json.loads(store.get_bytes(key))
+            for delivery in report.get("deliveries") or []:
+                if delivery.get("status") == "failed":
+                    metrics.count_notification_failure(delivery.get("channel") or "unknown")
 
 
 def collect_result(store: ObjectStore, run_id: str) -> RunResult:

@@ -26,9 +26,11 @@ import sys
 import kopf
 
 from issueops.bridge.resources import OperatorRuntime
+from issueops.config import Settings
 from issueops.crd import GROUP, PLURAL, VERSION, require_served
 from issueops.custom_resources import api_client
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.logs import JsonFormatter
 from issueops.requests import ACTIVE_PHASES
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -70,6 +72,28 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     memo.runtime = OperatorRuntime.from_env()
+    ours = Settings.from_env()
+    if ours.log_json:  # kopf set up its own handlers; their lines become ours
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter("issueops-operator"))
+    if ours.operator_metrics_port and "metrics_server" not in memo:
+        # kopf has no Prometheus endpoint of its own: prometheus_client's, in a daemon thread.
+        from prometheus_client import start_http_server
+
+        try:
+            memo.metrics_server, _ = start_http_server(ours.operator_metrics_port)
+        except OSError as error:  # requests still move; the scrape target shows down, and why is here
+            logging.getLogger(__name__).error(
+                "no /metrics: port %d is not free (%s)", ours.operator_metrics_port, error
+            )
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_):
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.index(*RESOURCE)

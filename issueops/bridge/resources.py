@@ -22,14 +22,18 @@ from issueops.bridge.controller import GitHubClients, IssueReporter, RequestCont
 from issueops.bridge.service import max_running_from_env
 from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
+from issueops.monitoring import metrics
 from issueops.requests import (
     FAILED,
     PENDING,
     RUNNING,
     OperatorInput,
     TrainingRequest,
+    counted,
+    request_log_context,
     set_condition,
 )
+from issueops.runs import observe_run
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,15 @@ class Admission:
             self._claimed.add(key)
             return True
 
+    def waiting(self, phases: Mapping[Key, tuple[str, str]]) -> int:
+        """Pending requests that no free slot is left for now."""
+        with self._lock:
+            running = sum(1 for phase, _ in phases.values() if phase == RUNNING) + len(self._claimed)
+            pending = sum(
+                1 for k, (phase, _) in phases.items() if phase == PENDING and k not in self._claimed
+            )
+            return max(0, pending - max(0, self.limit - running))
+
     def release(self, key: Key) -> None:
         with self._lock:
             self._claimed.discard(key)
@@ -111,11 +124,13 @@ class OperatorRuntime:
         if (body.get("status") or {}).get("phase"):
             return request.status()
         set_condition(request, "Accepted", True, "SpecValid", "The training spec is valid.")
+        metrics.count_request_phase(request.phase)
         return request.status()
 
     def rejected(self, body: Mapping[str, Any], error: IssueOpsError) -> dict[str, Any]:
         """The status of a resource whose spec is invalid: Failed, with every problem named."""
         message = "Invalid spec: " + "; ".join(error.problems)
+        metrics.count_request_phase(FAILED)
         return {
             "phase": FAILED,
             "message": message,
@@ -134,16 +149,21 @@ class OperatorRuntime:
         request = self.request(body)
         if not request.active:
             return None
-        key = resource_key(body)
-        may_start = request.phase != PENDING or self.admission.may_start(key, flatten_index(index))
-        if request.phase == PENDING and not may_start:
-            message = "Queued: the run limit is reached; this request starts when a slot frees."
-            if request.message != message:
-                request.message = message
-                return request.status()
-            return None
-        changed = self.controller.step(request, may_start=may_start)
-        return request.status() if changed else None
+        key, phases = resource_key(body), flatten_index(index)
+        with request_log_context(request), counted(request, self._run_ended):
+            may_start = request.phase != PENDING or self.admission.may_start(key, phases)
+            metrics.set_queue_depth(self.admission.waiting(phases))
+            if request.phase == PENDING and not may_start:
+                message = "Queued: the run limit is reached; this request starts when a slot frees."
+                if request.message != message:
+                    request.message = message
+                    return request.status()
+                return None
+            changed = self.controller.step(request, may_start=may_start)
+            return request.status() if changed else None
+
+    def _run_ended(self, run_id: str) -> None:
+        observe_run(self.controller.store, run_id)
 
     def operator_input(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """spec.operatorInput changed: apply it once, or explain on the issue why not."""
@@ -153,7 +173,8 @@ class OperatorRuntime:
             return None
         try:
             given = OperatorInput.from_dict(raw)
-            reply = self.controller.apply(request, given)
+            with request_log_context(request), counted(request, self._run_ended):
+                reply = self.controller.apply(request, given)
         except (Conflict, InvalidInput, NotFound) as error:
             set_condition(request, "InputAccepted", False, "Rejected", str(error))
             request.message = f"Operator input not applied: {error}"

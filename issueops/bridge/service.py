@@ -25,16 +25,21 @@ from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
+from issueops.monitoring import metrics
 from issueops.monitoring.proposal_ref import APPROVE_COMMAND, PROPOSAL_LABEL, check_proposal_spec
 from issueops.requests import (
+    PENDING,
     RUNNING,
     OperatorInput,
     RequestStore,
     TrainingRequest,
+    counted,
     new_request,
+    request_log_context,
     run_failed,
     starts_new_request,
 )
+from issueops.runs import observe_run
 from issueops.spec import TrainingSpec, validate_spec
 
 log = logging.getLogger(__name__)
@@ -109,11 +114,16 @@ class LocalBook:
             issue=issue,
             requested_by=requested_by,
         )
-        return self.store.save(request)
+        self.store.save(request)
+        metrics.count_request_phase(request.phase)
+        return request
 
     def apply(self, request: TrainingRequest, given: OperatorInput) -> str | None:
-        with self.store.editing(request.name) as fresh:
+        with self.store.editing(request.name) as fresh, counted(fresh, self._run_ended):
             return self.controller.apply(fresh, given)
+
+    def _run_ended(self, run_id: str) -> None:
+        observe_run(self.controller.store, run_id)
 
     def tick(self) -> None:
         """Move the active requests on, one bridge process at a time per home (`bridge serve` and
@@ -132,23 +142,31 @@ class LocalBook:
         active = self.store.active()
         running = sum(1 for r in active if r.phase == RUNNING)
         for request in active:
-            for _ in range(MAX_STEPS_PER_TICK):
-                was_running = request.phase == RUNNING
+            running = self._move(request, running)
+        metrics.set_queue_depth(sum(1 for r in active if r.phase == PENDING))
+
+    def _move(self, request: TrainingRequest, running: int) -> int:
+        """Steps of one request, each saved (and counted) before the next; returns the run count."""
+        for _ in range(MAX_STEPS_PER_TICK):
+            was_running = request.phase == RUNNING
+            with request_log_context(request), counted(request, self._run_ended):
                 try:
                     changed = self.controller.step(request, may_start=running < self.max_running)
                 except ExternalServiceError as error:
                     if error.transient:
                         log.warning("%s: %s; trying again shortly", request.name, error)
-                        break
+                        return running
                     run_failed(request, str(error))
                     changed = True
                 except IssueOpsError as error:
                     run_failed(request, str(error))
                     changed = True
-                if not changed:
-                    break
-                self.store.save(request)
-                running += int(request.phase == RUNNING) - int(was_running)
+                if changed:
+                    self.store.save(request)
+            if not changed:
+                return running
+            running += int(request.phase == RUNNING) - int(was_running)
+        return running
 
 
 class Bridge:
