@@ -3,7 +3,8 @@
 `package_model` exports the version to ONNX (parity-checked on its run's test split), writes the
 local repository (`issueops package`), and uploads one repository per target to the object store
 (`triton/<model>/<version>/{cpu,gpu}/`, then `package.json`). `package_step` and `deploy_step`
-are what the pipeline's components call; both report in runs/<run_id>/.
+are what the pipeline's components call; both report in runs/<run_id>/. `package_step` also saves
+the version's reference profile for monitoring (issueops.monitoring.profile).
 """
 
 from __future__ import annotations
@@ -160,8 +161,31 @@ def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
                 "reason": str(exc),
             }
             record.write("serving.json", {"endpoint": None, **result})
+        else:
+            result["reference_profile"] = _save_reference_profile(store, run_id, result)
         record.write("package.json", result)
     return result
+
+
+def _save_reference_profile(store: ObjectStore, run_id: str, package: dict[str, Any]) -> dict[str, str]:
+    """The packaged version's reference profile, saved with it, so drift checks never need the
+    training data; a profile that cannot be made is recorded, not failed: the version serves."""
+    import logging
+
+    from issueops.errors import IssueOpsError
+    from issueops.monitoring.profile import save_run_profile
+
+    columns = package.get("export", {}).get("feature_columns") or {}
+    if not columns:  # a policy: it is served observations, not the columns of a table
+        return {"skipped": "the model takes no table's columns"}
+    onnx_path = Path(package["repository"]) / str(package["version"]) / triton.ONNX_FILE
+    try:
+        return {
+            "uri": save_run_profile(store, run_id, package["model"], package["version"], onnx_path, columns)
+        }
+    except (IssueOpsError, OSError, ValueError, KeyError, RuntimeError) as error:
+        logging.getLogger(__name__).warning("no reference profile for run %s: %s", run_id, error)
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:

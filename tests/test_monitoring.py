@@ -408,3 +408,45 @@ def test_performance_without_labels_is_an_estimate_and_says_so():
     assert report.estimated is True and report.metric == "accuracy" and report.labelled_rows == 0
     assert report.registered == 0.8 and "CBPE" in report.method and "calibrated on 1000" in report.method
     assert json.loads(report.to_json())["estimated"] is True
+
+
+def test_the_package_step_saves_the_profile_and_drift_reads_only_it(home, store, capsys):
+    """A trained version packaged by the pipeline's step carries its profile; `issueops monitor
+    drift` then judges served traffic with the run's data gone from the store."""
+    import shutil
+
+    from issueops.cli import main
+    from issueops.monitoring.payloads import PayloadLogger, v2_tensors
+    from issueops.packaging import deploy_step, package_step
+    from tests.test_serving import RF_BODY, train_and_register
+
+    run = train_and_register(RF_BODY.format(n=5, extra=""))
+    package = package_step(run["run_id"])
+    deploy_step(run["run_id"])  # production: what drift looks at by default
+    version = int(run["version"])
+    assert package["reference_profile"]["uri"].endswith(reference_profile_location("bc-rf", version))
+    profile = load_reference_profile(store, "bc-rf", version)
+    metadata = json.loads(store.get_bytes(f"processed/{run['run_id']}/metadata.json"))
+    evaluation = json.loads(store.get_bytes(f"evaluations/{run['run_id']}/results.json"))
+    assert [f.name for f in profile.features] == metadata["feature_columns"]
+    assert profile.train_rows == metadata["rows"]["train"] and profile.sample_rows == profile.train_rows
+    assert (profile.classes, profile.evaluation_metric) == (metadata["classes"], "accuracy")
+    assert profile.metric_value == pytest.approx(evaluation["value"])
+    predictions = profile.predictions
+    assert len(predictions) == metadata["rows"]["test"] and set(predictions["true_label"]) == {0, 1}
+    # The graph's own labels on the test split score what the evaluation measured.
+    named = predictions["prediction"].map({c: i for i, c in enumerate(profile.classes)})
+    assert (named == predictions["true_label"]).mean() == pytest.approx(evaluation["value"])
+
+    for prefix in ("processed", "models", "evaluations"):
+        shutil.rmtree(store.root / prefix / run["run_id"])
+    logger = PayloadLogger(store)
+    shifted = profile.sample.head(150).to_numpy(np.float64) * 3
+    for i, row in enumerate(shifted):
+        request = {"inputs": v2_tensors({"input": row.reshape(1, -1).astype(np.float32)})}
+        response = {"outputs": v2_tensors({"label": np.array([1]), "probabilities": np.array([[0.1, 0.9]])})}
+        logger.log("bc-rf", version, request, response, request_id=f"r{i}")
+    logger.close()
+    assert main(["monitor", "drift", "bc-rf", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == version and report["rows"] == 150 and report["drift"] is True

@@ -7,6 +7,9 @@ a seeded sample of the training split (up to 5,000 rows), and the model's output
 (the prediction distribution, and for classifiers the probabilities with the true labels, which the
 confidence-based performance estimate calibrates on).
 
+The package step saves it (`save_run_profile`): there the run's splits and the exported graph are
+both at hand, and a version that cannot be exported is never served, so needs none.
+
 Layout under reference_profile_location(model, version):
   profile.json         statistics, feature kinds and columns, task, classes, registered metric
   sample.parquet       the training sample
@@ -42,7 +45,7 @@ _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def reference_profile_location(model: str, version: int | str) -> str:
-    """Store prefix where the register step keeps the reference profile of a version."""
+    """Store prefix where the package step keeps the reference profile of a version."""
     return f"{payload_prefix(model, version)}/reference"
 
 
@@ -317,6 +320,63 @@ def save_reference_profile(store: ObjectStore, profile: ReferenceProfile, model:
         profile.model, profile.version = model, int(version)
         profile.save(Path(tmp))
         return store.upload_dir(Path(tmp), reference_profile_location(model, version))
+
+
+def save_run_profile(
+    store: ObjectStore,
+    run_id: str,
+    model: str,
+    version: int,
+    onnx_path: Path,
+    feature_columns: Mapping[str, Sequence[str]],
+    *,
+    sample_rows: int = SAMPLE_ROWS,
+) -> str:
+    """Profile a registered version from what its run left in the store (processed/<run_id>/ train
+    and test splits and metadata, evaluations/<run_id>/results.json) and its exported graph, and
+    save it with the version; its location (URI).
+
+    The graph runs on at most `sample_rows` test rows, the rows the profile would keep anyway, so
+    the cost stays bounded whatever the size of the test split.
+    """
+    import io
+
+    def table(split: str) -> pd.DataFrame:
+        key = f"processed/{run_id}/{split}.parquet"
+        if not store.exists(key):
+            raise NotFound(f"The {split} split of run {run_id} ({key}) is not in the object store.")
+        return pd.read_parquet(io.BytesIO(store.get_bytes(key)))
+
+    def document(key: str) -> dict[str, Any]:
+        return json.loads(store.get_bytes(key)) if store.exists(key) else {}
+
+    metadata = document(f"processed/{run_id}/metadata.json")
+    evaluation = document(f"evaluations/{run_id}/results.json")
+    task_type, target = metadata.get("task_type", ""), metadata.get("target")
+    seed = int(metadata.get("seed") or 0)
+    test = table("test")
+    test = test.sample(n=min(sample_rows, len(test)), random_state=seed).reset_index(drop=True)
+    classes = metadata.get("classes")
+    labels = None
+    if target and target in test.columns:
+        if task_type == "classification" and classes:
+            index = {str(c): i for i, c in enumerate(classes)}
+            labels = test[target].astype(str).map(index).fillna(-1).to_numpy(dtype=np.int64)
+        elif task_type == "regression":
+            labels = pd.to_numeric(test[target], errors="coerce").to_numpy(dtype=np.float64)
+    profile = build_reference_profile(
+        table("train"),
+        feature_columns=feature_columns,
+        task_type=task_type,
+        test_outputs=reference_outputs(onnx_path, test, feature_columns),
+        test_labels=labels,
+        classes=classes,
+        evaluation_metric=evaluation.get("evaluation_metric"),
+        metric_value=evaluation.get("value"),
+        sample_rows=sample_rows,
+        seed=seed,
+    )
+    return save_reference_profile(store, profile, model, version)
 
 
 def load_reference_profile(store: ObjectStore, model: str, version: int) -> ReferenceProfile:
