@@ -11,10 +11,13 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip wheel
 
 # torch is installed first and pinned: 2.13.0 is the CPU wheel; any other request pulls CUDA builds.
+# tests.octokit: GitHub's OpenAPI description, webhook schemas and example deliveries (npm pack of
+# pinned versions into .cache/octokit, nothing when there; without npm it says so and goes on).
 setup: $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip check
+	$(BIN)/python -m tests.octokit
 
 # The cluster tests run against a real API server built from Go (tests/controlplane, cached in
 # .cluster/bin); without Go they are skipped and the reason is printed.

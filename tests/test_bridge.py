@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 
 from issueops.bridge import open_bridge
@@ -45,15 +46,14 @@ from tests.conftest import REPO
 
 try:
     from tests.github_double import GitHubDouble
+    from tests.octokit import octokit_file
 except ModuleNotFoundError:  # pytest put tests/ on sys.path, not the repository root
     from github_double import GitHubDouble
+    from octokit import octokit_file
 
 SECRET = "webhook-secret-for-the-tests"
 TOKEN = "issueops-bridge-test-credential-4d1e"
 FAST = RetryPolicy(attempts=2, backoff=0.01, max_wait=2)
-WEBHOOK_SCHEMAS = Path(
-    os.environ.get("ISSUEOPS_GITHUB_WEBHOOKS_OPENAPI", "/tmp/owh/package/generated/api.github.com.json")
-)
 # Required top-level fields of GitHub's webhook payloads, from @octokit/openapi-webhooks 12.1.0
 # (components/schemas/webhook-issues-opened, -labeled, -edited and webhook-issue-comment-created).
 REQUIRED = {
@@ -541,18 +541,49 @@ def test_payloads_carry_the_fields_githubs_webhook_schemas_require(hub, gh):
         assert REQUIRED_ISSUE <= set(payload["issue"])
         assert REQUIRED_SENDER <= set(payload["sender"])
     assert REQUIRED_COMMENT <= set(payloads[("issue_comment", "created")]["comment"])
-    if WEBHOOK_SCHEMAS.is_file():  # the full schemas, when fetched with npm pack
-        jsonschema = pytest.importorskip("jsonschema")
-        document = json.loads(WEBHOOK_SCHEMAS.read_text())
-        for (event, action), payload in payloads.items():
-            name = f"webhook-{event.replace('_', '-')}-{action}"
-            schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
-            errors = [
-                e
-                for e in jsonschema.Draft202012Validator(schema).iter_errors(payload)
-                if e.validator in ("required", "type") and "null" not in str(e.validator_value)
-            ]
-            assert not errors, [e.message for e in errors[:5]]
+    schemas = octokit_file("@octokit/openapi-webhooks", "package/generated/api.github.com.json")
+    document = json.loads(schemas.read_text())
+    for (event, action), payload in payloads.items():
+        name = f"webhook-{event.replace('_', '-')}-{action}"
+        schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        errors = [
+            e
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(payload)
+            if e.validator in ("required", "type") and "null" not in str(e.validator_value)
+        ]
+        assert not errors, [e.message for e in errors[:5]]
+
+
+def test_githubs_own_example_deliveries_are_read_as_the_bridge_means_to():
+    """GitHub's example `issues` and `issue_comment` deliveries (@octokit/webhooks-examples): every
+    one is read without error; labelled for training, an opened issue is a request and a comment
+    on it a command, naming the repository and issue the delivery names."""
+    index = octokit_file("@octokit/webhooks-examples", "package/api.github.com/index.json")
+    examples = {e["name"]: e["examples"] for e in json.loads(index.read_text())}
+    read = {
+        (name, p["action"]): interpret(name, p).kind
+        for name in ("issues", "issue_comment")
+        for p in examples[name]
+    }
+    assert read[("issues", "opened")] == "ignore"  # GitHub's examples carry no mlops:train label
+    labelled = [{"name": "mlops:train", "id": 1, "color": "ededed", "default": False}]
+    [opened, *_] = [p for p in examples["issues"] if p["action"] == "opened"]
+    opened["issue"]["labels"], opened["issue"]["state"] = labelled, "open"
+    request = interpret("issues", opened)
+    assert request.kind == "request" and request.body == (opened["issue"]["body"] or "")
+    assert (request.repository, request.issue) == (
+        opened["repository"]["full_name"],
+        opened["issue"]["number"],
+    )
+    [comment, *_] = [p for p in examples["issue_comment"] if p["action"] == "created"]
+    comment["issue"]["labels"], comment["comment"]["body"] = labelled, "/status"
+    command = interpret("issue_comment", comment)
+    assert (command.kind, command.action) == ("input", "status"), command
+    assert (command.repository, command.issue, command.sender) == (
+        comment["repository"]["full_name"],
+        comment["issue"]["number"],
+        comment["sender"]["login"],
+    )
 
 
 def test_interpret_reads_only_what_concerns_training():

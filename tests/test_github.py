@@ -7,7 +7,6 @@ import importlib.util
 import itertools
 import json
 import logging
-import os
 from datetime import UTC
 from pathlib import Path
 
@@ -43,16 +42,15 @@ from issueops.status import (
 
 try:
     from tests.github_double import GitHubDouble, git_blob_sha
+    from tests.octokit import octokit_file
 except ModuleNotFoundError:  # pytest put tests/ on sys.path, not the repository root
     from github_double import GitHubDouble, git_blob_sha
+    from octokit import octokit_file
 
 # Not shaped like a GitHub token, so only issueops' own registration can mask it.
 TOKEN = "issueops-test-credential-7f3a9c1e5b"
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_wait=0.5)
 DATA = Path(__file__).parent / "data" / "github"
-FULL_OPENAPI = Path(
-    os.environ.get("ISSUEOPS_GITHUB_OPENAPI", "/tmp/octokit-openapi/package/generated/api.github.com.json")
-)
 ISSUE = "/repos/{owner}/{repo}/issues/{issue_number}"
 
 
@@ -111,14 +109,8 @@ def _schemas(source: str) -> dict:
     if source == "committed extract":
         data = json.loads(module.EXTRACT.read_text())
     else:
-        if not FULL_OPENAPI.is_file():
-            pytest.skip(
-                f"GitHub's OpenAPI description is not at {FULL_OPENAPI}: fetch it with "
-                "`cd /tmp && mkdir -p octokit-openapi && cd octokit-openapi && npm pack "
-                "@octokit/openapi && tar xzf octokit-openapi-*.tgz`, or point "
-                "ISSUEOPS_GITHUB_OPENAPI at api.github.com.json"
-            )
-        data = module.extract(json.loads(FULL_OPENAPI.read_text()))
+        full = octokit_file("@octokit/openapi", "package/generated/api.github.com.json")
+        data = module.extract(json.loads(full.read_text()))
     return {
         "components": module.to_json_schema(data["components"]),
         "responses": {k: module.to_json_schema(v) for k, v in data["responses"].items()},

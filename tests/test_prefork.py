@@ -1,5 +1,8 @@
 """The local runner's tasks as forks of a preloaded process: same results, same failures, no leftovers."""
 
+import dataclasses
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -9,10 +12,11 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 
+from issueops import prefork
 from issueops.config import Settings
 from issueops.errors import DatasetError
 from issueops.execution import check_inputs, preflight
-from issueops.prefork import Preload, active_server, prefork_tasks, task_parts
+from issueops.prefork import Preload, active_server, prefork_tasks, preload_for, task_parts
 from issueops.spec import parse_issue_body
 
 NOTHING = Preload(shared=(), data=(), publish=())
@@ -53,6 +57,28 @@ def test_task_parts_recognises_only_plain_lightweight_components():
         _add.python_func
     ).component_spec.implementation.container
     assert task_parts([*with_pip.command, "--function_to_execute", "_add"]) is None
+
+
+def test_every_module_preload_for_names_imports():
+    """A renamed module (or algorithm) would only make the preloaded process fail at start, where
+    the run falls back to subprocesses unnoticed: every name preload_for lists must import."""
+    from issueops.algorithms import ALGORITHMS
+
+    assert set(prefork._EXTRA) <= set(ALGORITHMS), "extra imports of an algorithm the catalog lacks"
+    names = {
+        name
+        for algorithm in ALGORITHMS.values()
+        for lane in dataclasses.astuple(preload_for(algorithm.name, algorithm.learning_type))
+        for name in lane
+    }
+    missing = []
+    for name in sorted(names):
+        if name.split(".")[0] == "issueops":
+            importlib.import_module(name)  # ours: imported, so a broken import shows too
+        elif importlib.util.find_spec(name) is None:
+            missing.append(name)
+    assert not missing
+    assert "issueops.steps" in names and "torch" in names  # the catalog's learning types all took part
 
 
 def test_pipeline_runs_through_the_preloaded_process(local_runner, monkeypatch):

@@ -4,10 +4,9 @@ The full description is 13 MB; tests/data/github/openapi-responses.json keeps on
 response schemas of the endpoints issueops calls, and the component schemas they use.
 Refresh it with:
 
-    cd /tmp && mkdir -p octokit-openapi && cd octokit-openapi \\
-        && npm pack @octokit/openapi && tar xzf octokit-openapi-*.tgz
-    python tests/data/github/extract_openapi.py \\
-        /tmp/octokit-openapi/package/generated/api.github.com.json
+    .venv/bin/python -m tests.octokit     # make setup does it: .cache/octokit/ (tests/octokit.py)
+    .venv/bin/python tests/data/github/extract_openapi.py \\
+        .cache/octokit/openapi-23.0.2/package/generated/api.github.com.json
 """
 
 from __future__ import annotations
