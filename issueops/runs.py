@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from issueops.errors import InvalidInput, IssueOpsError
-from issueops.logs import log_context, mask
+from issueops.logs import configure_logging, log_context, mask
 from issueops.monitoring import metrics
 from issueops.policy import STEP_POLICIES
 from issueops.results import RunResult, StepTiming
@@ -204,6 +204,11 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     """Record a step's start, end and error; enforce its timeout where signals allow (local runner).
     What the step logs carries its run id and issue (JSON logs), and its end is logged with its
     duration and status."""
+    from issueops.config import Settings
+
+    # A step runs in a process of its own (a fork of the local runner, a KFP pod): its lines go
+    # to stderr (the run's log file, the pod's log), as JSON lines when asked.
+    configure_logging("INFO", json_lines=Settings.from_env().log_json, service="issueops-step")
     record = RunRecord(store, run_id)
     issue = (record.read("request.json") or {}).get("issue")
     with log_context(execution_id=run_id, issue_number=issue):
