@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 import kopf
 
@@ -36,6 +37,7 @@ from issueops.requests import ACTIVE_PHASES
 RESOURCE = (GROUP, VERSION, PLURAL)
 INTERVAL = float(os.environ.get("ISSUEOPS_OPERATOR_INTERVAL", "5"))
 RETRY_DELAY = 30
+MODELS_INTERVAL = 60  # seconds between reads of the registry and triggers.json for the gauges
 
 
 @contextlib.contextmanager
@@ -86,10 +88,31 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
             logging.getLogger(__name__).error(
                 "no /metrics: port %d is not free (%s)", ours.operator_metrics_port, error
             )
+    if ours.operator_metrics_port and "models_stop" not in memo:
+        memo.models_stop = threading.Event()
+        threading.Thread(
+            target=_observe_models, args=(ours, memo.models_stop), name="model-gauges", daemon=True
+        ).start()
+
+
+def _observe_models(settings: Settings, stop: threading.Event) -> None:
+    """Production versions and drift checks as gauges, read again every MODELS_INTERVAL seconds."""
+    from issueops.monitoring.metrics import observe_models
+    from issueops.registry import Registry
+    from issueops.store import open_store
+
+    # The first read waits one interval too: MLflow is not imported while the operator starts.
+    while not stop.wait(MODELS_INTERVAL):
+        try:
+            observe_models(Registry.from_settings(settings), open_store(settings))
+        except Exception as error:  # the registry being away must not end the operator
+            logging.getLogger(__name__).warning("model gauges not refreshed: %s", error)
 
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_):
+    if "models_stop" in memo:
+        memo.models_stop.set()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()

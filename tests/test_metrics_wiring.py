@@ -16,7 +16,7 @@ from issueops.logs import JsonFormatter
 from issueops.policy import STEP_POLICIES
 from issueops.requests import PENDING, PHASES, RUNNING, SUCCEEDED
 from issueops.runs import PIPELINE_STEPS
-from tests.test_bridge import SPEC, Hub, gh, settings  # noqa: F401 - fixtures
+from tests.test_bridge import SPEC, Hub, gh, registered, settings  # noqa: F401 - fixtures
 from tests.test_operator import cluster, operator, phase, spec  # noqa: F401 - fixtures
 
 DECISIONS = {"pass", "retrain", "fail", "error"}
@@ -116,3 +116,28 @@ def test_a_steps_json_log_lines_carry_its_run_and_issue(store, monkeypatch):
     end = next(e for e in entries if e["message"].startswith("step evaluate done"))
     assert end["status"] == "done" and isinstance(end["duration_ms"], int)
     assert end["execution_id"] == run_id and end["issue_number"] == 42
+
+
+def test_production_and_drift_gauges_come_from_the_registry_and_triggers_json(gh, settings, tmp_path):  # noqa: F811
+    from issueops.monitoring.metrics import exposition, observe_models
+    from issueops.monitoring.triggers import ModelState, save_state
+    from issueops.registry import Registry
+    from issueops.store import open_store
+
+    registered(settings, tmp_path)  # bc-rf v1 in production
+    store = open_store(settings)
+    save_state(
+        store, ModelState("bc-rf", version=1, checked_at="2026-01-02T03:04:05+00:00", drift_share=0.25)
+    )
+    observe_models(Registry.from_settings(settings), store)
+    body, _ = exposition()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+    assert value(samples, "issueops_production_version_info", model="bc-rf", version="1") == 1
+    assert value(samples, "issueops_model_last_trained_timestamp_seconds", model="bc-rf") > 0
+    assert value(samples, "issueops_drift_share", model="bc-rf") == 0.25
+    checked = value(samples, "issueops_drift_last_check_timestamp_seconds", model="bc-rf")
+    assert checked == 1767323045.0  # 2026-01-02T03:04:05Z

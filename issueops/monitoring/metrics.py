@@ -162,6 +162,27 @@ def set_production(model: str, version: int | None, registered_at: float | None 
             MODEL_LAST_TRAINED.labels(model).set(registered_at)
 
 
+def observe_models(registry, store) -> None:
+    """Every model's production version (and when it was registered) from the registry, and its
+    latest drift check from its triggers.json: what `issueops monitor check` and the pipelines
+    record in processes that end, read by the long-lived operator that exports them."""
+    from datetime import datetime
+
+    from issueops.monitoring.triggers import load_state
+
+    def timestamp(text: str | None) -> float | None:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+    production = registry.production_versions()
+    for model in set(_production) - set(production):
+        set_production(model, None)
+    for model, version in production.items():
+        set_production(model, version, timestamp(registry.version(model, version).created_at))
+        state = load_state(store, model)
+        if state.checked_at:
+            set_drift(model, state.drift_share, timestamp(state.checked_at))
+
+
 def multiprocess() -> bool:
     """Whether values are kept in multiprocess files (issueops serve --workers N)."""
     return bool(os.environ.get(MULTIPROC_ENV))
