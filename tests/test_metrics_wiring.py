@@ -23,16 +23,20 @@ DECISIONS = {"pass", "retrain", "fail", "error"}
 CHANNELS = {"console", "github", "slack", "teams", "discord", "email"}
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every issueops_* sample at `url`: (name, sorted labels) → value."""
-    answer = httpx.get(url, timeout=10)
-    answer.raise_for_status()
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every issueops_* sample of an exposition: (name, sorted labels) → value."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(answer.text)
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name.startswith("issueops_")
     }
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = httpx.get(url, timeout=10)
+    answer.raise_for_status()
+    return samples_of(answer.text)
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -130,12 +134,7 @@ def test_production_and_drift_gauges_come_from_the_registry_and_triggers_json(gh
         store, ModelState("bc-rf", version=1, checked_at="2026-01-02T03:04:05+00:00", drift_share=0.25)
     )
     observe_models(Registry.from_settings(settings), store)
-    body, _ = exposition()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+    samples = samples_of(exposition()[0].decode())
     assert value(samples, "issueops_production_version_info", model="bc-rf", version="1") == 1
     assert value(samples, "issueops_model_last_trained_timestamp_seconds", model="bc-rf") > 0
     assert value(samples, "issueops_drift_share", model="bc-rf") == 0.25
