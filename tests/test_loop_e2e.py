@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from issueops.bridge.events import TRAIN_LABEL
 from issueops.cli import main
@@ -25,35 +24,15 @@ from issueops.config import Settings
 from issueops.monitoring.proposals import PROPOSAL_LABEL, proposal_ref
 from issueops.requests import SUCCEEDED
 from issueops.status import STATUS_MARKER
-from tests.test_bridge import SECRET, TOKEN, Hub
+from tests import test_bridge
+from tests.test_bridge import Hub
 from tests.test_monitoring_serve import post_json, start_server, stop_server
 from tests.test_serving import RF, RF_BODY, train_and_register
 
-try:
-    from tests.github_double import GitHubDouble
-except ModuleNotFoundError:  # pytest put tests/ on sys.path, not the repository root
-    from github_double import GitHubDouble
-
 ROWS_PER_REQUEST, REQUESTS = 100, 3
+# The bridge tests' GitHub double (alice maintains the repository) and settings pointing at it.
+gh, settings = test_bridge.gh, test_bridge.settings
 CHECK = ["monitor", "check", "--open-issues", "--model", RF, "--cooldown", "1s", "--json"]
-
-
-@pytest.fixture
-def gh():
-    with GitHubDouble(token=TOKEN) as double:
-        double.add_user("alice", role="maintain")
-        yield double
-
-
-@pytest.fixture
-def settings(home, gh, monkeypatch) -> Settings:
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    monkeypatch.setenv("GITHUB_REPOSITORY", gh.full_name)
-    monkeypatch.setenv("GITHUB_API_URL", gh.url)
-    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
-    for name in ("ISSUEOPS_ALLOWLIST", "ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):
-        monkeypatch.delenv(name, raising=False)
-    return Settings.from_env()
 
 
 def production_v1(settings: Settings) -> tuple[str, object]:
@@ -119,11 +98,15 @@ def proposals(gh) -> list:
     return [i for i in gh.state.issues.values() if PROPOSAL_LABEL in i.labels]
 
 
-def test_monitor_opens_a_proposal_that_an_approval_retrains_and_promotes(gh, settings, tmp_path, capsys):
+def test_monitor_opens_a_proposal_that_an_approval_retrains_and_promotes(
+    gh, settings, tmp_path, capsys, monkeypatch
+):
     from issueops.registry import Registry
     from issueops.runs import RunRecord
     from issueops.store import open_store
 
+    for name in ("ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):  # promoted and logged as by default
+        monkeypatch.delenv(name, raising=False)
     first_run, profile = production_v1(settings)
     labels = serve_changed_world(settings, profile, tmp_path)
     assert main(["monitor", "feedback", RF, str(labels)]) == 0, capsys.readouterr().err
