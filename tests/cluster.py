@@ -109,16 +109,39 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 def install_crd(api, crd: dict[str, Any]) -> None:
     """Server-side apply a CRD (the API server checks it is structural) and wait until Established."""
+    server_side_apply(api, crd)
+    wait_established(api, [crd["metadata"]["name"]], timeout=30)
+
+
+def wait_established(api, names: list[str] | tuple[str, ...], timeout: float = 60) -> None:
+    """Wait until each CRD named is Established: its resources are served from then on."""
     from kubernetes import client
 
-    server_side_apply(api, crd)
     extensions = client.ApiextensionsV1Api(api)
 
-    def established():
-        status = extensions.read_custom_resource_definition(crd["metadata"]["name"]).status
-        return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+    def established(name: str) -> bool:
+        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
 
-    wait_until(established, 30, f"{crd['metadata']['name']} to be Established")
+    for name in names:
+        wait_until(lambda name=name: established(name), timeout, f"{name} to be Established")
+
+
+def written(sent: Any, stored: Any, path: str = "") -> list[str]:
+    """Where `stored` differs from what was sent (fields the API server added are fine)."""
+    if isinstance(sent, dict):
+        if not isinstance(stored, dict):
+            return [f"{path}: {stored!r}"]
+        return [p for key, value in sent.items() for p in written(value, stored.get(key), f"{path}.{key}")]
+    if isinstance(sent, list):
+        if not isinstance(stored, list) or len(stored) != len(sent):
+            return [f"{path}: {stored!r}"]
+        return [
+            p
+            for i, (a, b) in enumerate(zip(sent, stored, strict=True))
+            for p in written(a, b, f"{path}[{i}]")
+        ]
+    return [] if sent == stored else [f"{path}: sent {sent!r}, stored {stored!r}"]
 
 
 def install_training_request_crd(api) -> dict[str, Any]:
@@ -263,18 +286,25 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
 
 
 # The CRDs of the operators issueops' manifests target, from their own Go modules (KubeRay: the
-# newest release the module proxy serves; KServe: the one release it serves, v0.21.0 is refused).
+# newest release the module proxy serves; KServe: the one release it serves, v0.21.0 is refused;
+# Prometheus Operator: the one release it serves, its CRDs as the project's example installs them).
 THIRD_PARTY_CRDS = {
     "kuberay": ("github.com/ray-project/kuberay/ray-operator", "v1.5.0", "config/crd"),
     "kserve": ("github.com/kserve/kserve", "v0.16.0", "config/crd"),
+    "prometheus-operator": (
+        "github.com/prometheus-operator/prometheus-operator",
+        "v0.85.0",
+        "example/prometheus-operator-crd",
+    ),
 }
 
 
 def third_party_crds(name: str) -> Path:
-    """config/crd of a module, copied to .cluster/crds/<name>-<version> (a kustomization)."""
+    """The CRD folder of a module (KubeRay's and KServe's config/crd are kustomizations; Prometheus
+    Operator's is one file per CRD), copied to .cluster/crds/<name>-<version>."""
     module, version, inside = THIRD_PARTY_CRDS[name]
     target = CACHE / f"{name}-{version}"
-    if (target / "kustomization.yaml").exists():
+    if target.is_dir():  # put in place whole, by one rename
         return target
     if shutil.which("go") is None:
         pytest.skip(f"Go is needed to fetch {module}@{version}")

@@ -1,13 +1,13 @@
 """KubeRay's and KServe's own CRDs (from their Go modules) on the real API server: the RayJob the
 train step applies and the InferenceService the deploy step applies (canary, approval, rollback)
-are accepted with strict field validation and read back as written; manifests/kuberay and
+are accepted with strict field validation and read back as written (the payload logger's wiring
+too); manifests/kuberay and
 manifests/kserve pass a server-side dry run. No KubeRay or KServe controller runs: the test
 plays KubeRay's part by writing the RayJob's status, as its controller would."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
 
@@ -16,7 +16,9 @@ from tests.cluster import (
     read_documents,
     server_side_apply,
     third_party_crds,
+    wait_established,
     wait_until,
+    written,
 )
 
 pytestmark = pytest.mark.cluster
@@ -32,18 +34,9 @@ CRDS = (
 @pytest.fixture(scope="module")
 def operators(kube, control_plane):
     """KubeRay's and KServe's config/crd, applied as their installers do (kustomize, server-side)."""
-    from kubernetes import client
-
     for name in ("kuberay", "kserve"):
         control_plane.kubectl("apply", "--server-side", "-k", str(third_party_crds(name)))
-    extensions = client.ApiextensionsV1Api(kube)
-
-    def established(name: str) -> bool:
-        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    for name in CRDS:
-        wait_until(lambda name=name: established(name), 60, f"{name} to be Established")
+    wait_established(kube, CRDS)
     server_side_apply(kube, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "issueops"}})
     return kube
 
@@ -60,23 +53,6 @@ class Strict:
             kwargs["query_params"] = [*kwargs.get("query_params", []), ("fieldValidation", "Strict")]
             self.applied.append(kwargs["body"])
         return self.api.call_api(path, method, **kwargs)
-
-
-def written(sent: Any, stored: Any, path: str = "") -> list[str]:
-    """Where `stored` differs from what was sent (fields the API server added are fine)."""
-    if isinstance(sent, dict):
-        if not isinstance(stored, dict):
-            return [f"{path}: {stored!r}"]
-        return [p for key, value in sent.items() for p in written(value, stored.get(key), f"{path}.{key}")]
-    if isinstance(sent, list):
-        if not isinstance(stored, list) or len(stored) != len(sent):
-            return [f"{path}: {stored!r}"]
-        return [
-            p
-            for i, (a, b) in enumerate(zip(sent, stored, strict=True))
-            for p in written(a, b, f"{path}[{i}]")
-        ]
-    return [] if sent == stored else [f"{path}: sent {sent!r}, stored {stored!r}"]
 
 
 def test_the_rayjob_the_train_step_applies_is_accepted_and_its_status_read_as_kuberay_writes_it(
@@ -154,6 +130,28 @@ def test_the_inference_service_the_deploy_step_applies_through_canary_approval_a
     assert back.previous_version == 2 and stored["metadata"]["annotations"]["issueops.io/version"] == "1"
     assert stored["spec"]["predictor"]["model"]["storageUri"].endswith("/bc-rf/1/cpu")
     assert len(api.applied) == 4
+
+
+def test_the_payload_logger_url_becomes_the_inference_services_logger_kserve_accepts(
+    operators, namespace, store, monkeypatch
+):
+    """ISSUEOPS_PAYLOAD_LOGGER_URL (issueops-config, manifests/monitoring) is where the deploy step
+    points KServe's payload logger: KServe's own CRD takes the logger strictly, as written."""
+    from issueops.kserve import VERSION_ANNOTATION, deploy_version, get
+    from tests.test_kserve import packaged
+
+    receiver = "http://issueops-monitor.issueops.svc.cluster.local/events"
+    monkeypatch.setenv("ISSUEOPS_PAYLOAD_LOGGER_URL", receiver)
+    packaged(store, "bc-rf", 1)
+    api = Strict(operators)
+    deploy_version("bc-rf", 1, store=store, approved=True, namespace=namespace, api=api)
+    stored = get("bc-rf", namespace, api=operators)
+    assert written(api.applied[-1], stored) == []
+    assert stored["spec"]["predictor"]["logger"] == {
+        "mode": "all",
+        "url": receiver,
+        "metadataAnnotations": [VERSION_ANNOTATION],
+    }
 
 
 def test_a_field_kserve_does_not_declare_is_refused_for_good(operators, namespace):
