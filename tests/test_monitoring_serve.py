@@ -33,7 +33,7 @@ RF = "bc-rf"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, s3_endpoint):
-    """A production forest in an S3 store, with the reference profile of its version."""
+    """A production forest in an S3 store, with the reference profile the package step saved."""
     home = tmp_path_factory.mktemp("monitoring-serve-home")
     bucket = f"served-{uuid.uuid4().hex[:8]}"
     env = {
@@ -48,23 +48,16 @@ def world(tmp_path_factory, s3_endpoint):
         for name in ("MLFLOW_TRACKING_URI", "ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):
             patch.delenv(name, raising=False)
         from issueops.config import Settings
-        from issueops.monitoring.profile import build_reference_profile, save_reference_profile
         from issueops.packaging import deploy_step, package_step
         from issueops.store import open_store
 
         store = open_store(Settings.from_env())
         store.client.create_bucket(Bucket=bucket)
         run = train_and_register(RF_BODY.format(n=10, extra=""))
-        package_step(run["run_id"])
+        assert "uri" in package_step(run["run_id"])["reference_profile"]  # saved with the version
         deploy_step(run["run_id"])
-        train = pd.read_parquet(io.BytesIO(store.get_bytes(f"processed/{run['run_id']}/train.parquet")))
         test = pd.read_parquet(io.BytesIO(store.get_bytes(f"processed/{run['run_id']}/test.parquet")))
-        features = [c for c in train.columns if c != "target"]
-        # The register step does not save the profile yet (issue 15, item 2): saved here as it will.
-        profile = build_reference_profile(
-            train, feature_columns={"input": features}, task_type="classification"
-        )
-        save_reference_profile(store, profile, RF, int(run["version"]))
+        features = [c for c in test.columns if c != "target"]
         yield {
             "home": home,
             "env": {**os.environ, **env},
