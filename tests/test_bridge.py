@@ -1431,6 +1431,16 @@ def test_approve_retrain_refused_for_strangers_and_explained_off_proposals(hub, 
     (reply,) = [b for b in hub.bodies(plain) if "/approve-retrain" in b and "was not applied" in b]
     assert "mlops:retrain-proposal" in reply
 
+    declined = gh.create_issue(
+        "Retrain bc-rf: drift", body=proposal_body(), labels=["mlops:retrain-proposal"], user="issueops-bot"
+    )
+    gh.state.issues[declined].state = "closed"
+    hub.deliver("issue_comment", hub.comment_event(declined, "/approve-retrain", "alice"))
+    hub.process()
+    assert hub.request(declined) is None
+    (reply,) = hub.bodies(declined)[1:]
+    assert "this proposal is closed" in reply
+
 
 def test_a_proposal_whose_spec_was_edited_to_another_model_is_refused(hub, gh):
     number = gh.create_issue(

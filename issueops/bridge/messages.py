@@ -165,6 +165,10 @@ def not_a_proposal(command: str, label: str) -> str:
     )
 
 
+def proposal_closed(command: str) -> str:
+    return _not_applied(command, "this proposal is closed, which declines it; reopen it to approve it.")
+
+
 def proposal_already_approved(command: str, request: TrainingRequest) -> str:
     return _not_applied(
         command,

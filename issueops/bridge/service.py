@@ -321,11 +321,15 @@ class Bridge:
         if not self._may_steer(client, intent.sender):
             self._deny(client, replace(intent, kind="request"), f"use {APPROVE_COMMAND}")
             return f"{intent.sender} may not approve retraining"
+        issue = delivery.payload.get("issue") or {}
+        if issue.get("state") == "closed":  # a closed proposal was declined, as the label path reads it
+            self._reply(client, intent.issue, messages.proposal_closed(APPROVE_COMMAND))
+            return f"issue #{intent.issue} is a closed proposal"
         existing = self.book.find(intent.repository, intent.issue)
         if existing is not None:
             self._reply(client, intent.issue, messages.proposal_already_approved(APPROVE_COMMAND, existing))
             return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
-        body = (delivery.payload.get("issue") or {}).get("body") or ""
+        body = issue.get("body") or ""
         return self._request(replace(intent, kind="request", body=body), delivery)
 
     # ------------------------------------------------------------------ authorisation and replies
