@@ -72,8 +72,14 @@ def fetch() -> list[str]:
     return fetched
 
 
+def fetched_already() -> bool:
+    return all(
+        (folder(package) / inside).is_file() for package, (_, files) in PACKAGES.items() for inside in files
+    )
+
+
 def main() -> int:
-    if shutil.which("npm") is None:
+    if shutil.which("npm") is None and not fetched_already():
         print(
             "npm is not installed: the GitHub schema tests are skipped locally (and fail in CI); "
             f"install Node.js and run {FETCH}",
