@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 
-# torch is installed first and pinned: 2.13.0 is the CPU wheel; any other request pulls CUDA builds.
+# torch is installed first and pinned at 2.13.0: PyPI serves it as the CUDA build (several GB), which runs on the CPU.
 # tests.octokit: GitHub's OpenAPI description, webhook schemas and example deliveries (npm pack of
 # pinned versions into .cache/octokit, nothing when there; without npm it says so and goes on).
 setup: $(BIN)/python
