@@ -46,11 +46,17 @@ def _free_port() -> int:
 def _register(name: str, body: str) -> str:
     """Train, evaluate, register and package through the pipeline's own steps; returns the run id."""
     from issueops.config import Settings
-    from issueops.execution import start_request
-    from issueops.packaging import deploy_step, package_step
-    from issueops.runs import new_run_id
-    from issueops.spec import parse_issue_body
-    from issueops.steps import evaluate_step, judge_step, prepare_data_step, register_step, train_step
+    from issueops.packaging.package import deploy_step, package_step
+    from issueops.pipeline.execution import start_request
+    from issueops.pipeline.runs import new_run_id
+    from issueops.pipeline.steps import (
+        evaluate_step,
+        judge_step,
+        prepare_data_step,
+        register_step,
+        train_step,
+    )
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
     spec = parse_issue_body(

@@ -19,7 +19,7 @@ def build_tensorrt_engine(run_id: str, repository: Input[Model], engine: Output[
     Graphs TensorRT cannot run are recorded as skipped."""
     import json
 
-    from issueops.packaging import tensorrt_step
+    from issueops.packaging.package import tensorrt_step
 
     outcome = tensorrt_step(run_id, engine.path)
     engine.metadata.update({k: outcome[k] for k in ("status", "precision", "gpu_product") if k in outcome})

@@ -9,6 +9,6 @@ def deploy(run_id: str, repository: Input[Model]) -> str:
     ISSUEOPS_SERVING=kserve, else the local endpoint that follows production; records the endpoint."""
     import json
 
-    from issueops.packaging import deploy_step
+    from issueops.packaging.package import deploy_step
 
     return json.dumps(deploy_step(run_id), default=str)

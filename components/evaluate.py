@@ -14,7 +14,7 @@ def evaluate(
     evaluation: Output[Artifact],
 ):
     """Metrics on the held-out test split, results.json and plots."""
-    from issueops.steps import evaluate_step
+    from issueops.pipeline.steps import evaluate_step
 
     result = evaluate_step(spec_json, run_id, processed.path, model.path, evaluation.path)
     for name, value in result.metrics.items():

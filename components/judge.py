@@ -12,7 +12,7 @@ def judge(spec_json: str, run_id: str, evaluation: Input[Artifact], attempt: int
     """pass, retrain or fail, against the spec's threshold and the attempts left."""
     from collections import namedtuple
 
-    from issueops.steps import judge_step
+    from issueops.pipeline.steps import judge_step
 
     verdict = judge_step(spec_json, run_id, evaluation.path, attempt)
     return namedtuple("JudgeOutputs", ["decision", "message"])(verdict.decision, verdict.message)

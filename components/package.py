@@ -9,7 +9,7 @@ def package(run_id: str, repository: Output[Model]) -> str:
     Triton repositories (cpu, gpu) to the object store; the local repository is the artifact."""
     import json
 
-    from issueops.packaging import package_step
+    from issueops.packaging.package import package_step
 
     result = package_step(run_id, repository.path)
     repository.metadata.update(

@@ -6,6 +6,6 @@ def write_history(run_id: str) -> str:
     """Commit the run's history markdown and plots (local git repository or GitHub)."""
     import json
 
-    from issueops.steps import write_history_step
+    from issueops.pipeline.steps import write_history_step
 
     return json.dumps(write_history_step(run_id))

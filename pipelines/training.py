@@ -19,7 +19,7 @@ from components.register import register
 from components.rollback import rollback
 from components.train import train
 from components.write_history import write_history
-from issueops.policy import STEP_POLICIES, retry_backoff
+from issueops.pipeline.policy import STEP_POLICIES, retry_backoff
 
 # On a cluster every task reads issueops' settings from the `issueops-config` ConfigMap and its
 # credentials from Secrets, as the operator does (manifests/operator/configmap.yaml,

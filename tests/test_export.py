@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issueops.data.prepare import PreparedData, prepare_data
 from issueops.errors import Unavailable
-from issueops.export import NotServable, ParityError, export_model, onnx_feeds
-from issueops.prepare import PreparedData, prepare_data
-from issueops.spec import parse_issue_body
+from issueops.packaging.onnx import NotServable, ParityError, export_model, onnx_feeds
+from issueops.spec.body import parse_issue_body
 from issueops.training import load_model, train_model
 
 CASES = {
@@ -165,7 +165,7 @@ def test_algorithms_that_cannot_predict_are_not_servable(tmp_path):
 
 def test_a_parity_failure_publishes_nothing(settings, store, tmp_path, monkeypatch):
     """A converter that gets the model wrong (here: it converts a forest fitted on shuffled labels)."""
-    import issueops.export as export
+    import issueops.packaging.onnx as export
 
     _, test = trained(settings, store, tmp_path, CASES["random-forest-classification"])
     convert = export._estimator_graph
@@ -184,10 +184,10 @@ def test_a_parity_failure_publishes_nothing(settings, store, tmp_path, monkeypat
 
 def test_package_step_fails_on_parity_and_nothing_is_deployed(settings, store, tmp_path, monkeypatch):
     """Through the registry: the package step fails, no repository reaches the store, deploy refuses."""
-    import issueops.export as export
+    import issueops.packaging.onnx as export
     from issueops.errors import NotFound
-    from issueops.packaging import deploy_step, package_step
-    from issueops.runs import RunRecord
+    from issueops.packaging.package import deploy_step, package_step
+    from issueops.pipeline.runs import RunRecord
     from tests.test_serving import RF_BODY, train_and_register
 
     registered = train_and_register(RF_BODY.format(n=5, extra=""))

@@ -224,8 +224,8 @@ def test_reference_profile_describes_the_features_as_served_and_round_trips(stor
 
 
 def test_profile_of_prepared_data_uses_the_raw_training_columns(settings, store, tmp_path):
-    from issueops.prepare import prepare_data
-    from issueops.spec import parse_issue_body
+    from issueops.data.prepare import prepare_data
+    from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body("learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n")
     prepared = prepare_data(spec, settings, store, tmp_path / "prepared")

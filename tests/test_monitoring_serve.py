@@ -49,7 +49,7 @@ def world(tmp_path_factory, s3_endpoint):
             patch.delenv(name, raising=False)
         from issueops.config import Settings
         from issueops.monitoring.profile import build_reference_profile, save_reference_profile
-        from issueops.packaging import deploy_step, package_step
+        from issueops.packaging.package import deploy_step, package_step
         from issueops.store import open_store
 
         store = open_store(Settings.from_env())

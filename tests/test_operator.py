@@ -21,8 +21,8 @@ import kubernetes.config.kube_config
 import pytest
 from kopf.testing import KopfRunner
 
-from issueops.bridge.resources import Admission
-from issueops.crd import GROUP, KIND, PLURAL, VERSION
+from issueops.lifecycle.crd import GROUP, KIND, PLURAL, VERSION
+from issueops.lifecycle.runtime import Admission
 
 kmock = pytest.importorskip("kmock")
 

@@ -11,9 +11,9 @@ from kfp import dsl, local
 
 from issueops.config import Settings
 from issueops.errors import DatasetError
-from issueops.execution import check_inputs, preflight
-from issueops.prefork import Preload, active_server, prefork_tasks, task_parts
-from issueops.spec import parse_issue_body
+from issueops.pipeline.execution import check_inputs, preflight
+from issueops.pipeline.prefork import Preload, active_server, prefork_tasks, task_parts
+from issueops.spec.body import parse_issue_body
 
 NOTHING = Preload(shared=(), data=(), publish=())
 
@@ -126,7 +126,7 @@ def test_publish_steps_fork_from_their_own_lane_and_every_lane_ends_with_the_run
 
 def test_the_server_ends_when_the_run_that_started_it_dies():
     script = (
-        "import os\nfrom issueops.prefork import Preload, prefork_tasks\n"
+        "import os\nfrom issueops.pipeline.prefork import Preload, prefork_tasks\n"
         "with prefork_tasks(Preload((), (), ())) as server:\n"
         "    print(server.process.pid, server.call(os.getppid, lane='publish'), flush=True)\n"
         "    os._exit(0)  # no clean-up: as if the run were killed\n"
@@ -150,7 +150,7 @@ def test_preflight_checks_here_when_the_preloaded_process_is_gone(tmp_path):
 LINGERING_RUN = """
 import sys
 from kfp import dsl, local
-from issueops.prefork import Preload, prefork_tasks
+from issueops.pipeline.prefork import Preload, prefork_tasks
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)

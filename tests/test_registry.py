@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from issueops.errors import Conflict, InvalidInput, NotFound
-from issueops.registry import (
+from issueops.registry.lifecycle import (
     APPROVED,
     ARCHIVED,
     PENDING,
@@ -20,7 +20,7 @@ from issueops.registry import (
     model_name_for,
     spec_hash,
 )
-from issueops.results import RunResult, StepTiming
+from issueops.reporting.results import RunResult, StepTiming
 
 SPEC = {
     "learning_type": "supervised",

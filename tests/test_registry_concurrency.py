@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from issueops.errors import Conflict, NotFound
-from issueops.registry import APPROVED, ARCHIVED, Registry
+from issueops.registry.lifecycle import APPROVED, ARCHIVED, Registry
 
 PROMOTERS = 6
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from issueops.evaluate import EvaluationResult, evaluate_model
-from issueops.judge import judge
-from issueops.prepare import prepare_data
-from issueops.spec import parse_issue_body
+from issueops.data.prepare import prepare_data
+from issueops.evaluation.judge import judge
+from issueops.evaluation.supervised import EvaluationResult, evaluate_model
+from issueops.spec.body import parse_issue_body
 from issueops.training import load_model, train_model
 
 

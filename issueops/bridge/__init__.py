@@ -40,7 +40,7 @@ def open_bridge(
         allowlist_from_env,
         max_running_from_env,
     )
-    from issueops.requests import RequestStore
+    from issueops.lifecycle.state_machine import RequestStore
 
     github = github or GitHubClients(
         settings, throttle=os.environ.get("ISSUEOPS_GITHUB_THROTTLE", "1") not in ("0", "false")

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError
-from issueops.spec import TrainingSpec
+from issueops.spec.body import TrainingSpec
 
 log = logging.getLogger(__name__)
 

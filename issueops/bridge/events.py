@@ -14,7 +14,7 @@ from typing import Any
 
 from issueops.bridge.messages import is_own_comment
 from issueops.errors import SpecError
-from issueops.spec import extract_document, has_key_line
+from issueops.spec.body import extract_document, has_key_line
 
 TRAIN_LABEL = "mlops:train"
 COMMANDS = ("retrain", "approve", "rollback", "cancel", "status")

@@ -25,7 +25,7 @@ from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
-from issueops.requests import (
+from issueops.lifecycle.state_machine import (
     RUNNING,
     OperatorInput,
     RequestStore,
@@ -34,7 +34,7 @@ from issueops.requests import (
     run_failed,
     starts_new_request,
 )
-from issueops.spec import TrainingSpec, validate_spec
+from issueops.spec.body import TrainingSpec, validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class LocalBook:
 
     def check(self, spec: TrainingSpec) -> None:
         """The dataset (or environment) must exist before a request is accepted."""
-        from issueops.execution import preflight
+        from issueops.pipeline.execution import preflight
 
         preflight(spec, self.settings, self.controller.store)
 

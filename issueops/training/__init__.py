@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from issueops.prepare import PreparedData
-from issueops.spec import TrainingSpec
+from issueops.data.prepare import PreparedData
+from issueops.spec.body import TrainingSpec
 
 MANIFEST = "model.json"
 

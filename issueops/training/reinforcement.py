@@ -7,7 +7,7 @@ mean training return reaches the spec's threshold. The model directory then hold
 checkpoint and the greedy policy exported to ONNX; evaluation plays that exported policy.
 
 `python -m issueops.training.reinforcement --run-id RUN` is the entrypoint of the KubeRay
-RayJob (issueops.kuberay): the same prepare and train steps, on the cluster.
+RayJob (issueops.pipeline.rayjob): the same prepare and train steps, on the cluster.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from issueops.algorithms import resolved_hyperparameters
 from issueops.errors import ExternalServiceError, InvalidInput, SpecError
-from issueops.spec import TrainingSpec
+from issueops.spec.body import TrainingSpec
+from issueops.spec.catalog import resolved_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,7 @@ class _ProgressReporter:
         if run_id:
             try:
                 from issueops.config import Settings
-                from issueops.runs import RunRecord
+                from issueops.pipeline.runs import RunRecord
                 from issueops.store import open_store
 
                 self.record = RunRecord(open_store(Settings.from_env()), run_id)
@@ -759,7 +759,7 @@ def evaluate_reinforcement(
 
 
 def _plot_training_curve(history: list[dict[str, Any]], threshold: float | None, out_dir: Path) -> str:
-    from issueops.evaluate import _pyplot, _save
+    from issueops.evaluation.supervised import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -778,7 +778,7 @@ def _plot_training_curve(history: list[dict[str, Any]], threshold: float | None,
 
 
 def _plot_evaluation(returns: np.ndarray, threshold: float | None, out_dir: Path) -> str:
-    from issueops.evaluate import _pyplot, _save
+    from issueops.evaluation.supervised import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import tempfile
 
-    from issueops.steps import prepare_data_step, train_step
+    from issueops.pipeline.steps import prepare_data_step, train_step
 
     parser = argparse.ArgumentParser(
         prog="python -m issueops.training.reinforcement", description=main.__doc__

@@ -19,10 +19,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from issueops.algorithms import resolved_hyperparameters
+from issueops.data.prepare import SPLITS, PreparedData
 from issueops.errors import SpecError
-from issueops.prepare import SPLITS, PreparedData
-from issueops.spec import TrainingSpec
+from issueops.spec.body import TrainingSpec
+from issueops.spec.catalog import resolved_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def _two_dimensions(data: np.ndarray, name: str) -> tuple[np.ndarray, tuple[str,
 
 
 def _plot_projection(points, axes, colours, title: str, path: Path, *, noise: bool) -> str:
-    from issueops.evaluate import _pyplot, _save
+    from issueops.evaluation.supervised import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -534,7 +534,7 @@ def _plot_explained_variance(model, X_train: np.ndarray, out_dir: Path) -> str:
     """Per-component and cumulative explained variance over every component of the train split."""
     from sklearn.decomposition import PCA
 
-    from issueops.evaluate import _pyplot, _save
+    from issueops.evaluation.supervised import _pyplot, _save
 
     full = PCA(random_state=0).fit(X_train)
     ratios = full.explained_variance_ratio_
