@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from issueops.bridge import open_bridge
 from issueops.bridge.controller import GitHubClients
 from issueops.bridge.events import interpret, read_input
 from issueops.bridge.inbox import Inbox
 from issueops.bridge.poll import GitHubAskedToWait, Poller
 from issueops.bridge.webhook import MAX_BODY_BYTES, HttpServer, make_app, sign, signature_ok
+from issueops.bridge.wiring import open_bridge
 from issueops.config import Settings
 from issueops.github import RetryPolicy
 from issueops.lifecycle.state_machine import (

@@ -11,7 +11,7 @@ from issueops.data.prepare import PreparedData, prepare_data
 from issueops.errors import Unavailable
 from issueops.packaging.onnx import NotServable, ParityError, export_model, onnx_feeds
 from issueops.spec.body import parse_issue_body
-from issueops.training import load_model, train_model
+from issueops.training.train import load_model, train_model
 
 CASES = {
     "random-forest-classification": "algorithm: random_forest\ndataset_id: sklearn:breast_cancer\nhyperparameters: {n_estimators: 30}",

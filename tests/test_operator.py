@@ -188,9 +188,9 @@ def test_admission_keeps_the_limit_and_the_creation_order():
 
 
 def test_bridge_in_cluster_mode_creates_and_patches_training_requests(cluster, home, monkeypatch):
-    from issueops.bridge import open_bridge
     from issueops.bridge.controller import GitHubClients
     from issueops.bridge.kube import KubernetesBook
+    from issueops.bridge.wiring import open_bridge
     from issueops.config import Settings
     from issueops.github import RetryPolicy
 

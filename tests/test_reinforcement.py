@@ -19,7 +19,6 @@ import yaml
 from issueops.errors import ExternalServiceError, InvalidInput, NotFound, SpecError
 from issueops.evaluation.supervised import evaluate_model
 from issueops.spec.body import parse_issue_body
-from issueops.training import read_manifest, train_model
 from issueops.training.reinforcement import (
     A3C_NOTE,
     OnnxPolicy,
@@ -29,6 +28,7 @@ from issueops.training.reinforcement import (
     probe_ray_address,
     resolve_budget,
 )
+from issueops.training.train import read_manifest, train_model
 from tests.conftest import EXAMPLES, REPO
 from tests.kube_double import ApiServerDouble
 

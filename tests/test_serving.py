@@ -171,7 +171,7 @@ def wait_for_version(server, model, array, datatype, version: str, timeout: floa
 
 
 def test_random_forest_answers_over_http_and_grpc_like_the_model(world, server):
-    from issueops.training import load_model
+    from issueops.training.train import load_model
 
     features = features_of(world, "rf2")
     model = load_model(world["home"] / "store" / "models" / world["runs"]["rf2"]["run_id"])
@@ -186,7 +186,7 @@ def test_random_forest_answers_over_http_and_grpc_like_the_model(world, server):
 
 
 def test_mlp_answers_over_http_and_grpc_like_the_model(world, server):
-    from issueops.training import load_model
+    from issueops.training.train import load_model
 
     features = features_of(world, "mlp1")
     model = load_model(world["home"] / "store" / "models" / world["runs"]["mlp1"]["run_id"])

@@ -9,7 +9,7 @@ from issueops.data.prepare import prepare_data
 from issueops.evaluation.judge import judge
 from issueops.evaluation.supervised import EvaluationResult, evaluate_model
 from issueops.spec.body import parse_issue_body
-from issueops.training import load_model, train_model
+from issueops.training.train import load_model, train_model
 
 
 def run_steps(settings, store, tmp_path, body):

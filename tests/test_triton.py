@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
     from issueops.data.prepare import PreparedData, prepare_data
     from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
-    from issueops.training import train_model
+    from issueops.training.train import train_model
 
     root = tmp_path_factory.mktemp("triton")
     with pytest.MonkeyPatch.context() as patch:

@@ -16,7 +16,7 @@ from issueops.errors import SpecError
 from issueops.evaluation.judge import judge
 from issueops.evaluation.supervised import evaluate_model
 from issueops.spec.body import parse_issue_body
-from issueops.training import load_model, read_manifest, train_model
+from issueops.training.train import load_model, read_manifest, train_model
 from tests.conftest import EXAMPLES, REPO
 
 CLUSTER_METRICS = {"silhouette", "davies_bouldin", "calinski_harabasz"}

@@ -18,7 +18,7 @@ from issueops.data.prepare import PreparedData
 from issueops.errors import InvalidInput, IssueOpsError
 from issueops.registry.lifecycle import VersionInfo
 from issueops.spec.body import TrainingSpec
-from issueops.training import load_model, read_manifest
+from issueops.training.train import load_model, read_manifest
 
 log = logging.getLogger(__name__)
 

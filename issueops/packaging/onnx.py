@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from issueops.errors import Conflict, InvalidInput, IssueOpsError, Unavailable
-from issueops.training import read_manifest
+from issueops.training.train import read_manifest
 
 TOLERANCE = 1e-4
 OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -128,7 +128,7 @@ def export_model(model_dir: Path, test_frame: pd.DataFrame | None, out_path: Pat
         model, parity = policy_graph(Path(model_dir), manifest)
         columns: dict[str, list[str]] = {}
     elif manifest.get("format") == "sklearn-pipeline":
-        from issueops.training import load_model
+        from issueops.training.train import load_model
 
         if test_frame is None:
             raise InvalidInput(f"Parity of {algorithm} is checked on its test split, and none was given.")

@@ -71,7 +71,7 @@ def package_model(
 ) -> PackageResult:
     """Export, check and publish one registered version as Triton repositories (cpu and gpu)."""
     from issueops.packaging.onnx import export_model
-    from issueops.training import read_manifest
+    from issueops.training.train import read_manifest
 
     settings = settings or Settings.from_env()
     store = store or open_store(settings)

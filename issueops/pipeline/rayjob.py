@@ -251,7 +251,7 @@ def train_on_rayjob(
     """
     from issueops.pipeline.runs import RunRecord, utcnow
     from issueops.store import LocalStore, download_dir
-    from issueops.training import MANIFEST
+    from issueops.training.train import MANIFEST
 
     if isinstance(store, LocalStore):
         raise InvalidInput(

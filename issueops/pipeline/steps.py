@@ -57,7 +57,7 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
             from issueops.pipeline.rayjob import train_on_rayjob
 
             return train_on_rayjob(spec, run_id, store, Path(model_dir))
-        from issueops.training import train_model
+        from issueops.training.train import train_model
 
         trained = train_model(spec, Path(processed_dir), Path(model_dir), run_id=run_id)
         store.upload_dir(Path(model_dir), f"models/{run_id}")

@@ -644,7 +644,7 @@ class OnnxPolicy:
 
 
 def load_policy(model_dir: Path) -> OnnxPolicy:
-    from issueops.training import read_manifest
+    from issueops.training.train import read_manifest
 
     return OnnxPolicy(Path(model_dir) / read_manifest(model_dir)["file"])
 
@@ -727,7 +727,7 @@ def evaluate_reinforcement(
     spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any], list[str]]:
     """Play the exported policy for `evaluation_episodes` episodes, on seeds training never used."""
-    from issueops.training import read_manifest
+    from issueops.training.train import read_manifest
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_manifest(model_dir)

@@ -349,7 +349,7 @@ def evaluate_unsupervised(
     spec: TrainingSpec, prepared: PreparedData, model_dir: Path, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any], list[str]]:
     """Metrics, details and plots: held-out test split, or every row for DBSCAN and t-SNE."""
-    from issueops.training import read_manifest
+    from issueops.training.train import read_manifest
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_manifest(model_dir)
