@@ -186,8 +186,8 @@ def test_package_step_fails_on_parity_and_nothing_is_deployed(settings, store, t
     """Through the registry: the package step fails, no repository reaches the store, deploy refuses."""
     import issueops.packaging.onnx as export
     from issueops.errors import NotFound
-    from issueops.packaging.package import deploy_step, package_step
     from issueops.pipeline.runs import RunRecord
+    from issueops.pipeline.steps import deploy_step, package_step
     from tests.test_serving import RF_BODY, train_and_register
 
     registered = train_and_register(RF_BODY.format(n=5, extra=""))

@@ -49,13 +49,14 @@ def world(tmp_path_factory, s3_endpoint):
             patch.delenv(name, raising=False)
         from issueops.config import Settings
         from issueops.monitoring.profile import build_reference_profile, save_reference_profile
-        from issueops.packaging.package import deploy_step, package_step
+        from issueops.pipeline.steps import deploy_step, package_step, promote_step
         from issueops.store import open_store
 
         store = open_store(Settings.from_env())
         store.client.create_bucket(Bucket=bucket)
         run = train_and_register(RF_BODY.format(n=10, extra=""))
         package_step(run["run_id"])
+        promote_step(run["run_id"])
         deploy_step(run["run_id"])
         train = pd.read_parquet(io.BytesIO(store.get_bytes(f"processed/{run['run_id']}/train.parquet")))
         test = pd.read_parquet(io.BytesIO(store.get_bytes(f"processed/{run['run_id']}/test.parquet")))

@@ -84,7 +84,7 @@ def world(tmp_path_factory):
             "ISSUEOPS_MANUAL_APPROVAL",
         ):
             patch.delenv(name, raising=False)
-        from issueops.packaging.package import deploy_step, package_step
+        from issueops.pipeline.steps import deploy_step, package_step, promote_step
         from issueops.registry.lifecycle import Registry
 
         runs = {
@@ -92,8 +92,9 @@ def world(tmp_path_factory):
             "rf2": train_and_register(RF_BODY.format(n=30, extra="")),
             "mlp1": train_and_register(MLP_BODY),
         }
-        for key in runs:  # the pipeline's order: production moves at deploy, once packaged
+        for key in runs:  # the pipeline's order: production moves at promote, once packaged
             package_step(runs[key]["run_id"])
+            promote_step(runs[key]["run_id"])
             deploy_step(runs[key]["run_id"])
         yield {"home": home, "runs": runs, "registry": Registry.from_settings()}
 
@@ -655,7 +656,7 @@ def test_port_in_use_is_a_clear_error(world, server):
 def test_rollback_and_approvals_move_the_served_version_without_restart(world, server):
     """Rollback to 1; a corrupt version 3 and an unpackaged version 4 are refused while 1 keeps
     serving; packaging 4 lets it in. The server process is the same throughout."""
-    from issueops.packaging.package import package_step
+    from issueops.pipeline.steps import package_step
 
     registry, store_root = world["registry"], world["home"] / "store"
     rows = features_of(world, "rf2").to_numpy(np.float64)[:4]
@@ -716,8 +717,8 @@ def test_package_cli_writes_a_triton_repository(world, tmp_path):
 
 def test_deploy_step_records_the_local_endpoint(world):
     from issueops.config import Settings
-    from issueops.packaging.package import deploy_step
     from issueops.pipeline.runs import RunRecord, collect_result
+    from issueops.pipeline.steps import deploy_step
     from issueops.store import open_store
 
     run_id = world["runs"]["mlp1"]["run_id"]

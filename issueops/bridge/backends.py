@@ -182,7 +182,7 @@ class KfpRunBackend:
         return runs[0].run_id if runs else None
 
     def submit(self, run_id, spec, *, attempt, issue, repository) -> str:
-        from pipelines.training import training_pipeline
+        from issueops.pipeline.graph import training_pipeline
 
         try:
             found = self._find(run_id)

@@ -213,7 +213,7 @@ def cmd_algorithms(args) -> int:
 def cmd_compile(args) -> int:
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
+    from issueops.pipeline.graph import training_pipeline
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +18,8 @@ from typing import Any
 from issueops.config import Settings
 from issueops.errors import NotFound
 from issueops.packaging import triton
-from issueops.pipeline.runs import RunRecord, step_guard, utcnow
+from issueops.pipeline.runs import utcnow
 from issueops.store import ObjectStore, open_store
-
-DEFAULT_GRPC_URL = "127.0.0.1:8001"
 
 
 @dataclass
@@ -127,117 +124,3 @@ def package_model(
             json.dumps(package, indent=2, default=str).encode(),
         )
     return PackageResult(model, info.version, info.run_id, str(local), targets, package["export"])
-
-
-def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
-    """Package the version this run registered; a model that cannot predict is recorded, not failed.
-
-    repo: where to write the local Triton repository (a KFP Model artifact's path), default
-    $ISSUEOPS_HOME/triton.
-    """
-    from issueops.packaging.onnx import NotServable
-
-    settings = Settings.from_env()
-    store = open_store(settings)
-    record = RunRecord(store, run_id)
-    with step_guard(store, run_id, "package"):
-        registration = record.read("registration.json")
-        if not registration:
-            raise NotFound(f"Run {run_id} registered no model version, so there is nothing to package.")
-        try:
-            result = package_model(
-                registration["model_name"],
-                registration["version"],
-                repo=Path(repo) if repo else None,
-                settings=settings,
-                store=store,
-            ).to_dict()
-        except NotServable as exc:
-            result = {
-                "model": registration["model_name"],
-                "version": int(registration["version"]),
-                "servable": False,
-                "reason": str(exc),
-            }
-            record.write("serving.json", {"endpoint": None, **result})
-        record.write("package.json", result)
-    return result
-
-
-def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:
-    """Build a TensorRT plan for the packaged version on this (GPU) node.
-
-    A graph TensorRT cannot run, or a machine without TensorRT, is recorded as skipped (GPU
-    nodes then serve the ONNX model through ONNX Runtime's TensorRT accelerator); an engine that
-    disagrees with ONNX Runtime is recorded as rejected. Neither fails the run.
-    """
-    from issueops.errors import Unavailable
-    from issueops.packaging.tensorrt import EngineCheckError, build_for_package
-
-    settings = Settings.from_env()
-    store = open_store(settings)
-    record = RunRecord(store, run_id)
-    with step_guard(store, run_id, "build_tensorrt_engine"):
-        package = record.read("package.json") or {}
-        if package.get("servable") is False or not package:
-            outcome = {"status": "skipped", "reason": "nothing was packaged"}
-        else:
-            plan_dir = Path(out_dir) if out_dir else settings.home / "tensorrt" / run_id
-            try:
-                engine = build_for_package(store, package["model"], int(package["version"]), plan_dir)
-                outcome = {"status": "built", **engine.to_dict()}
-            except Unavailable as exc:
-                outcome = {"status": "skipped", "reason": str(exc)}
-            except EngineCheckError as exc:
-                outcome = {"status": "rejected", "reason": str(exc)}
-        outcome["time"] = utcnow()
-        record.write("tensorrt.json", outcome)
-    return outcome
-
-
-def deploy_step(run_id: str) -> dict[str, Any]:
-    """Make the packaged version reachable and record the endpoint in runs/<run_id>/serving.json.
-
-    ISSUEOPS_SERVING=kserve applies an InferenceService (a canary until the version is approved);
-    the default, local, relies on `issueops serve`, which follows the production alias by itself.
-    """
-    settings = Settings.from_env()
-    store = open_store(settings)
-    record = RunRecord(store, run_id)
-    with step_guard(store, run_id, "deploy"):
-        from issueops.pipeline.steps import promote_registered
-
-        package = record.read("package.json") or {}
-        registration = promote_registered(run_id, settings, store)
-        if package.get("servable") is False:
-            return record.read("serving.json") or {}
-        if not package:
-            raise NotFound(f"Run {run_id} has no package; the package step must run first.")
-        model, version = package["model"], int(package["version"])
-        approved = registration.get("alias") == "production"
-        mode = os.environ.get("ISSUEOPS_SERVING", "local").lower()
-        if mode == "kserve":
-            from issueops.serving.kserve import deploy_version
-
-            serving = deploy_version(model, version, store=store, approved=approved).to_dict()
-        else:
-            http = settings.serve_url
-            serving = {
-                "mode": "local",
-                "endpoint": f"{http}/v2/models/{model}",
-                "grpc": os.environ.get("ISSUEOPS_SERVE_GRPC", DEFAULT_GRPC_URL),
-                "model": model,
-                "version": version,
-                "served_version": version if approved else _production_version(settings, model),
-                "note": "`issueops serve` serves the production version and follows it without a restart.",
-            }
-        serving["time"] = utcnow()
-        record.write("serving.json", serving)
-    return serving
-
-
-def _production_version(settings: Settings, model: str) -> int | None:
-    from issueops.registry.lifecycle import Registry
-
-    info = Registry.from_settings(settings).production(model)
-    return info.version if info else None

@@ -112,7 +112,7 @@ def run_local(
                 pipeline_root=str(settings.home / "kfp"),
                 raise_on_error=False,
             )
-            from pipelines.training import training_pipeline
+            from issueops.pipeline.graph import training_pipeline
 
             watcher = _StepWatcher(RunRecord(store, run_id), progress) if progress else None
             if watcher:

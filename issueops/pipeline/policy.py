@@ -20,6 +20,7 @@ STEP_POLICIES: dict[str, StepPolicy] = {
     "register": StepPolicy(10 * 60, 3),
     "package": StepPolicy(20 * 60, 1),
     "build_tensorrt_engine": StepPolicy(30 * 60, 1),
+    "promote": StepPolicy(10 * 60, 3),
     "deploy": StepPolicy(10 * 60, 3),
     "rollback": StepPolicy(10 * 60, 3),
     "write_history": StepPolicy(5 * 60, 3),

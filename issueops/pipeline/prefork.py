@@ -49,7 +49,9 @@ MAX_MESSAGE = 64 * 1024 * 1024
 _SIZE = struct.Struct("!Q")
 
 # judge reads the registry (production, to score it on the same data): it forks where MLflow is loaded.
-PUBLISH_STEPS = frozenset({"judge", "register", "package", "deploy", "write_history", "notify", "rollback"})
+PUBLISH_STEPS = frozenset(
+    {"judge", "register", "package", "promote", "deploy", "write_history", "notify", "rollback"}
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ _PACKAGING = (
     "issueops.packaging.onnx",
     "issueops.packaging.package",
     "issueops.reporting.history",
-    "issueops.reporting.notify",
+    "issueops.reporting.notify.dispatch",
+    "issueops.reporting.notify.channels",
 )
 _EXTRA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # algorithm: (data lane, publish lane)
     "xgboost": (("xgboost",), ("xgboost", "onnxmltools")),
@@ -105,7 +108,7 @@ def preload_for(algorithm: str, learning_type: str) -> Preload:
     return Preload(
         shared=(EXECUTOR_MODULE, "pandas", "issueops.pipeline.steps"),
         data=(*data_extra, "sklearn.model_selection", "sklearn.preprocessing", "issueops.data.prepare", "sklearn.ensemble",
-              "sklearn.linear_model", "sklearn.cluster", "issueops.training", "sklearn.metrics", "matplotlib.pyplot",
+              "sklearn.linear_model", "sklearn.cluster", "issueops.training.train", "sklearn.metrics", "matplotlib.pyplot",
               "issueops.evaluation.supervised", "issueops.evaluation.judge"),
         publish=(*_REGISTRY, *publish_extra, "skl2onnx", *_PACKAGING),
     )  # fmt: skip

@@ -6,11 +6,12 @@ mirrors its output directory into the seed's layout in the object store.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from issueops.config import Settings
-from issueops.errors import InvalidInput
+from issueops.errors import InvalidInput, NotFound
 from issueops.pipeline.runs import RunRecord, step_guard, utcnow
 from issueops.spec.body import TrainingSpec
 from issueops.store import ObjectStore, open_store
@@ -18,6 +19,9 @@ from issueops.store import ObjectStore, open_store
 if TYPE_CHECKING:  # each step imports only what it uses: every import is paid again per task process
     from issueops.evaluation.judge import Judgement
     from issueops.evaluation.supervised import EvaluationResult
+
+
+DEFAULT_GRPC_URL = "127.0.0.1:8001"
 
 
 def _context() -> tuple[Settings, ObjectStore]:
@@ -45,8 +49,6 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
     """Train here, or (reinforcement learning with ISSUEOPS_RL_RUNNER=rayjob) in a KubeRay RayJob
     that runs this same step on its own Ray cluster and uploads the model; either way the model
     ends up in `model_dir` and in the store under models/<run_id>."""
-    import os
-
     _, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "train"):
@@ -175,6 +177,17 @@ def promote_registered(run_id: str, settings: Settings, store: ObjectStore) -> d
     return registration
 
 
+def promote_step(run_id: str) -> dict:
+    """Where production moves: the version this run registered, now packaged, becomes production
+    when auto-approval applies (neither the spec's manual_approval nor ISSUEOPS_MANUAL_APPROVAL);
+    otherwise it stays pending until /approve. Runs after package (and the TensorRT build), so a
+    version that fails its ONNX parity check never becomes production; before deploy, which serves
+    what this step decided."""
+    settings, store = _context()
+    with step_guard(store, run_id, "promote"):
+        return promote_registered(run_id, settings, store)
+
+
 def rollback_step(run_id: str) -> dict:
     """A failed request leaves production as it was before the request."""
     from issueops.pipeline.runs import collect_result
@@ -189,6 +202,120 @@ def rollback_step(run_id: str) -> dict:
         record = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
         RunRecord(store, run_id).write("rollback.json", record)
     return record
+
+
+def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
+    """Package the version this run registered; a model that cannot predict is recorded, not failed.
+
+    repo: where to write the local Triton repository (a KFP Model artifact's path), default
+    $ISSUEOPS_HOME/triton.
+    """
+    from issueops.packaging.onnx import NotServable
+    from issueops.packaging.package import package_model
+
+    settings = Settings.from_env()
+    store = open_store(settings)
+    record = RunRecord(store, run_id)
+    with step_guard(store, run_id, "package"):
+        registration = record.read("registration.json")
+        if not registration:
+            raise NotFound(f"Run {run_id} registered no model version, so there is nothing to package.")
+        try:
+            result = package_model(
+                registration["model_name"],
+                registration["version"],
+                repo=Path(repo) if repo else None,
+                settings=settings,
+                store=store,
+            ).to_dict()
+        except NotServable as exc:
+            result = {
+                "model": registration["model_name"],
+                "version": int(registration["version"]),
+                "servable": False,
+                "reason": str(exc),
+            }
+            record.write("serving.json", {"endpoint": None, **result})
+        record.write("package.json", result)
+    return result
+
+
+def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:
+    """Build a TensorRT plan for the packaged version on this (GPU) node.
+
+    A graph TensorRT cannot run, or a machine without TensorRT, is recorded as skipped (GPU
+    nodes then serve the ONNX model through ONNX Runtime's TensorRT accelerator); an engine that
+    disagrees with ONNX Runtime is recorded as rejected. Neither fails the run.
+    """
+    from issueops.errors import Unavailable
+    from issueops.packaging.tensorrt import EngineCheckError, build_for_package
+
+    settings = Settings.from_env()
+    store = open_store(settings)
+    record = RunRecord(store, run_id)
+    with step_guard(store, run_id, "build_tensorrt_engine"):
+        package = record.read("package.json") or {}
+        if package.get("servable") is False or not package:
+            outcome = {"status": "skipped", "reason": "nothing was packaged"}
+        else:
+            plan_dir = Path(out_dir) if out_dir else settings.home / "tensorrt" / run_id
+            try:
+                engine = build_for_package(store, package["model"], int(package["version"]), plan_dir)
+                outcome = {"status": "built", **engine.to_dict()}
+            except Unavailable as exc:
+                outcome = {"status": "skipped", "reason": str(exc)}
+            except EngineCheckError as exc:
+                outcome = {"status": "rejected", "reason": str(exc)}
+        outcome["time"] = utcnow()
+        record.write("tensorrt.json", outcome)
+    return outcome
+
+
+def deploy_step(run_id: str) -> dict[str, Any]:
+    """Make the packaged version reachable and record the endpoint in runs/<run_id>/serving.json.
+
+    Production has moved (or not) in promote_step before this: ISSUEOPS_SERVING=kserve applies an
+    InferenceService (primary when the version is production, a canary while it awaits /approve);
+    the default, local, relies on `issueops serve`, which follows the production alias by itself.
+    """
+    settings = Settings.from_env()
+    store = open_store(settings)
+    record = RunRecord(store, run_id)
+    with step_guard(store, run_id, "deploy"):
+        package = record.read("package.json") or {}
+        registration = record.read("registration.json") or {}  # as promote left it
+        if package.get("servable") is False:
+            return record.read("serving.json") or {}
+        if not package:
+            raise NotFound(f"Run {run_id} has no package; the package step must run first.")
+        model, version = package["model"], int(package["version"])
+        approved = registration.get("alias") == "production"
+        mode = os.environ.get("ISSUEOPS_SERVING", "local").lower()
+        if mode == "kserve":
+            from issueops.serving.kserve import deploy_version
+
+            serving = deploy_version(model, version, store=store, approved=approved).to_dict()
+        else:
+            http = settings.serve_url
+            serving = {
+                "mode": "local",
+                "endpoint": f"{http}/v2/models/{model}",
+                "grpc": os.environ.get("ISSUEOPS_SERVE_GRPC", DEFAULT_GRPC_URL),
+                "model": model,
+                "version": version,
+                "served_version": version if approved else _production_version(settings, model),
+                "note": "`issueops serve` serves the production version and follows it without a restart.",
+            }
+        serving["time"] = utcnow()
+        record.write("serving.json", serving)
+    return serving
+
+
+def _production_version(settings: Settings, model: str) -> int | None:
+    from issueops.registry.lifecycle import Registry
+
+    info = Registry.from_settings(settings).production(model)
+    return info.version if info else None
 
 
 def write_history_step(run_id: str) -> dict:
@@ -246,6 +373,4 @@ def _local_copy(store: ObjectStore, prefix: str, settings: Settings) -> Path:
 
 
 def _actor() -> str:
-    import os
-
     return os.environ.get("ISSUEOPS_ACTOR") or "issueops-pipeline"
