@@ -131,7 +131,7 @@ def test_transductive_algorithms_are_not_servable(settings, store, tmp_path, alg
 def test_reinforcement_policy_matches_its_rllib_checkpoint(tmp_path, monkeypatch):
     """One PPO iteration on CartPole (about 10 s with Ray on one CPU), then the exported policy
     against the RLModule restored from the checkpoint, on 256 sampled observations."""
-    from issueops.training.reinforcement import prepare_environment
+    from issueops.training.reinforcement.environment import prepare_environment
 
     monkeypatch.setenv("ISSUEOPS_RAY_CPUS", "1")
     spec = parse_issue_body(

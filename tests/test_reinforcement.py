@@ -17,16 +17,14 @@ import pytest
 import yaml
 
 from issueops.errors import ExternalServiceError, InvalidInput, NotFound, SpecError
+from issueops.evaluation.reinforcement import OnnxPolicy, play_episodes
 from issueops.evaluation.supervised import evaluate_model
 from issueops.spec.body import parse_issue_body
-from issueops.training.reinforcement import (
-    A3C_NOTE,
-    OnnxPolicy,
+from issueops.training.reinforcement.budget import A3C_NOTE, resolve_budget
+from issueops.training.reinforcement.environment import (
     check_environment,
-    play_episodes,
     prepare_environment,
     probe_ray_address,
-    resolve_budget,
 )
 from issueops.training.train import read_manifest, train_model
 from tests.conftest import EXAMPLES, REPO
@@ -276,9 +274,15 @@ def test_progress_is_recorded_per_iteration(local_ray, tmp_path, store):
     spec = rl_spec("ppo", TINY_PPO.replace("training_iterations: 1", "training_iterations: 2"))
     prepare_environment(spec, tmp_path / "p")
     from issueops.pipeline.runs import RunRecord
-    from issueops.training.reinforcement import train_reinforcement
+    from issueops.training.reinforcement.ray import train_reinforcement
 
-    manifest = train_reinforcement(spec, tmp_path / "p", tmp_path / "m", run_id="train-progress-test")
+    manifest = train_reinforcement(
+        spec,
+        tmp_path / "p",
+        tmp_path / "m",
+        run_id="train-progress-test",
+        progress=RunRecord(store, "train-progress-test"),  # what train_step hands in
+    )
     progress = RunRecord(store, "train-progress-test").read("progress.json")
     assert progress["done"] is True and progress["iteration"] == 2
     assert [row["iteration"] for row in progress["history"]] == [1, 2]

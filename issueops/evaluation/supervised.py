@@ -16,6 +16,7 @@ import numpy as np
 
 from issueops.data.prepare import PreparedData
 from issueops.errors import InvalidInput, IssueOpsError
+from issueops.evaluation.plots import pyplot, save
 from issueops.registry.lifecycle import VersionInfo
 from issueops.spec.body import TrainingSpec
 from issueops.training.train import load_model, read_manifest
@@ -52,13 +53,13 @@ def evaluate_model(
             spec, PreparedData.open(prepared_dir), model_dir, out_dir
         )
     elif spec.learning_type == "unsupervised":
-        from issueops.training.unsupervised import evaluate_unsupervised
+        from issueops.evaluation.unsupervised import evaluate_unsupervised
 
         metrics, details, plots = evaluate_unsupervised(
             spec, PreparedData.open(prepared_dir), model_dir, out_dir
         )
     else:
-        from issueops.training.reinforcement import evaluate_reinforcement
+        from issueops.evaluation.reinforcement import evaluate_reinforcement
 
         metrics, details, plots = evaluate_reinforcement(spec, Path(prepared_dir), model_dir, out_dir)
     value = metrics.get(spec.evaluation_metric)
@@ -102,7 +103,7 @@ def score_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path) -> tupl
             f"it is a {kind[0]} {kind[1]} model and this attempt is {spec.learning_type} {spec.task_type}"
         )
     if spec.learning_type == "reinforcement":
-        from issueops.training.reinforcement import score_policy
+        from issueops.evaluation.reinforcement import score_policy
 
         environment = (manifest.get("spec") or {}).get("environment")
         if environment != spec.environment:
@@ -119,7 +120,8 @@ def score_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path) -> tupl
     scored_on = f"the same {len(test)}-row test split"
     if spec.learning_type == "supervised":
         return _score_supervised(manifest, prepared, model_dir, test[columns]), scored_on
-    from issueops.training.unsupervised import NOT_SERVABLE, evaluate_unsupervised
+    from issueops.evaluation.unsupervised import evaluate_unsupervised
+    from issueops.training.unsupervised import NOT_SERVABLE
 
     if spec.algorithm in NOT_SERVABLE:
         raise InvalidInput(
@@ -315,17 +317,8 @@ def _roc_curves(y, proba, classes) -> dict[str, dict[str, list[float]]]:
     return curves
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_confusion(matrix: np.ndarray, classes: list[str], out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4 + 0.3 * len(classes), 4 + 0.3 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -335,11 +328,11 @@ def _plot_confusion(matrix: np.ndarray, classes: list[str], out_dir: Path) -> st
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title("Confusion matrix (test split)")
-    return _save(fig, out_dir / "confusion_matrix.png")
+    return save(fig, out_dir / "confusion_matrix.png")
 
 
 def _plot_roc(curves: dict, out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, curve in curves.items():
         ax.plot(curve["fpr"], curve["tpr"], label=f"class {name}")
@@ -348,11 +341,11 @@ def _plot_roc(curves: dict, out_dir: Path) -> str:
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC (one-vs-rest)" if len(curves) > 1 else "ROC")
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, out_dir / "roc_curve.png")
+    return save(fig, out_dir / "roc_curve.png")
 
 
 def _plot_residuals(y: np.ndarray, pred: np.ndarray, out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     left.scatter(y, pred, s=10)
     low, high = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
@@ -364,14 +357,7 @@ def _plot_residuals(y: np.ndarray, pred: np.ndarray, out_dir: Path) -> str:
     right.set_xlabel("predicted")
     right.set_ylabel("residual")
     fig.suptitle("Residuals (test split)")
-    return _save(fig, out_dir / "residuals.png")
-
-
-def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    _pyplot().close(fig)
-    return str(path)
+    return save(fig, out_dir / "residuals.png")
 
 
 @dataclass

@@ -227,7 +227,7 @@ def policy_graph(model_dir: Path, manifest: dict[str, Any]):
     import onnxruntime as ort
     import torch
 
-    from issueops.training.reinforcement import greedy_policy_module
+    from issueops.training.reinforcement.ray import greedy_policy_module
 
     model = onnx.load(str(model_dir / manifest["file"]))
     onnx.checker.check_model(model)

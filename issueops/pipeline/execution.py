@@ -42,7 +42,7 @@ def preflight(spec: TrainingSpec, settings: Settings, store: ObjectStore | None 
 
 def check_inputs(spec: TrainingSpec, settings: Settings, store: ObjectStore | None = None) -> None:
     if spec.learning_type == "reinforcement":
-        from issueops.training.reinforcement import check_environment
+        from issueops.training.reinforcement.environment import check_environment
 
         check_environment(spec)
     else:

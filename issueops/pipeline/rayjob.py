@@ -1,7 +1,7 @@
 """A KubeRay RayJob for one reinforcement learning run, generated from its spec.
 
 KubeRay creates a Ray cluster (one head, one worker pod per RLlib env runner), runs
-`python -m issueops.training.reinforcement` on the head (the same prepare and train steps as
+`python -m issueops.pipeline.rayjob_entrypoint` on the head (the same prepare and train steps as
 the local pipeline, recording into the object store), and deletes the cluster when the job ends.
 manifests/kuberay/rayjob.yaml is this module's output for examples/ppo.yaml, commented field by
 field; a test keeps the two the same.
@@ -32,7 +32,7 @@ log = logging.getLogger("issueops.pipeline.rayjob")
 RAY_VERSION = "2.60.0"  # the ray[rllib] pinned in pyproject.toml; the image must carry the same
 DEFAULT_IMAGE = "ghcr.io/issueops/issueops-components:0.1.0"
 NAMESPACE = "issueops"
-ENTRYPOINT = "python -m issueops.training.reinforcement"
+ENTRYPOINT = "python -m issueops.pipeline.rayjob_entrypoint"
 # Kubernetes quantities per pod. Ray wants requests equal to limits so its CPU count is honest.
 HEAD_RESOURCES = {"cpu": "2", "memory": "4Gi"}
 WORKER_RESOURCES = {"cpu": "1", "memory": "2Gi"}

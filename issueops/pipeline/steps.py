@@ -34,7 +34,7 @@ def prepare_data_step(spec_json: str, run_id: str, out_dir: str) -> dict:
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "prepare_data"):
         if spec.learning_type == "reinforcement":
-            from issueops.training.reinforcement import prepare_environment
+            from issueops.training.reinforcement.environment import prepare_environment
 
             metadata = prepare_environment(spec, Path(out_dir))
         else:
@@ -61,7 +61,9 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
             return train_on_rayjob(spec, run_id, store, Path(model_dir))
         from issueops.training.train import train_model
 
-        trained = train_model(spec, Path(processed_dir), Path(model_dir), run_id=run_id)
+        trained = train_model(
+            spec, Path(processed_dir), Path(model_dir), run_id=run_id, progress=RunRecord(store, run_id)
+        )
         store.upload_dir(Path(model_dir), f"models/{run_id}")
     return trained.manifest
 

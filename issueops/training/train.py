@@ -24,7 +24,9 @@ class TrainedModel:
     manifest: dict[str, Any]
 
 
-def train_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path, *, run_id: str = "") -> TrainedModel:
+def train_model(
+    spec: TrainingSpec, prepared_dir: Path, model_dir: Path, *, run_id: str = "", progress=None
+) -> TrainedModel:
     """Train `spec` on the prepared data and save it (with its preprocessing) under model_dir."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -59,9 +61,11 @@ def train_model(spec: TrainingSpec, prepared_dir: Path, model_dir: Path, *, run_
 
         manifest.update(train_unsupervised(spec, PreparedData.open(prepared_dir), model_dir, n_jobs=n_jobs))
     else:
-        from issueops.training.reinforcement import train_reinforcement
+        from issueops.training.reinforcement.ray import train_reinforcement
 
-        manifest.update(train_reinforcement(spec, Path(prepared_dir), model_dir, run_id=run_id))
+        manifest.update(
+            train_reinforcement(spec, Path(prepared_dir), model_dir, run_id=run_id, progress=progress)
+        )
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return TrainedModel(model_dir, manifest)
 
