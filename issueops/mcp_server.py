@@ -40,14 +40,8 @@ from issueops.monitoring.reports import DRIFT_WINDOW, PERFORMANCE_WINDOW
 from issueops.monitoring.scrape import EndpointMetrics
 from issueops.monitoring.triggers import CheckReport
 from issueops.packaging.package import PackageResult
-from issueops.registry.lifecycle import (
-    AuditRecord,
-    ModelInfo,
-    ModelSummary,
-    Registry,
-    RollbackResult,
-    VersionInfo,
-)
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import AuditRecord, ModelInfo, ModelSummary, RollbackResult, VersionInfo
 from issueops.reporting.results import RunResult, StepTiming
 from issueops.serving.prediction import Prediction, Predictor
 from issueops.spec.body import TrainingSpec

@@ -27,6 +27,7 @@ from issueops.bridge.webhook import MAX_BODY_BYTES, HttpServer, make_app, sign, 
 from issueops.bridge.wiring import open_bridge
 from issueops.config import Settings
 from issueops.github import RetryPolicy
+from issueops.lifecycle.request_store import RequestStore
 from issueops.lifecycle.state_machine import (
     CANCELLED,
     FAILED,
@@ -34,7 +35,6 @@ from issueops.lifecycle.state_machine import (
     RUNNING,
     SUCCEEDED,
     WAITING,
-    RequestStore,
     iso,
     new_request,
     utcnow,

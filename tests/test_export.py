@@ -9,7 +9,8 @@ import pytest
 
 from issueops.data.prepare import PreparedData, prepare_data
 from issueops.errors import Unavailable
-from issueops.packaging.onnx import NotServable, ParityError, export_model, onnx_feeds
+from issueops.packaging.onnx import export_model
+from issueops.packaging.onnx_parity import NotServable, ParityError, onnx_feeds
 from issueops.spec.body import parse_issue_body
 from issueops.training.train import load_model, train_model
 

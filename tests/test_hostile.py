@@ -276,7 +276,7 @@ def test_a_trailing_newline_passes_no_name_check():
     """`^...$` with re.match accepts "name\n"; every name check matches the whole string."""
     from issueops.data.sources import load_dataset
     from issueops.errors import InvalidInput
-    from issueops.registry.lifecycle import check_model_name
+    from issueops.registry.names import check_model_name
     from issueops.store import safe_key
 
     for check, value in ((check_model_name, "bc-rf\n"), (safe_key, "models/bc-rf\n/1")):

@@ -450,7 +450,8 @@ WAITING_SPEC = (
 
 def waiting_request(home, repository: str, issue: int):
     """A request whose first attempt missed the threshold, as the bridge leaves it."""
-    from issueops.lifecycle.state_machine import WAITING, RequestStore, iso, new_request, utcnow
+    from issueops.lifecycle.request_store import RequestStore
+    from issueops.lifecycle.state_machine import WAITING, iso, new_request, utcnow
     from issueops.spec.body import parse_issue_body
 
     store = RequestStore(home)

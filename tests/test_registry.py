@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from issueops.errors import Conflict, InvalidInput, NotFound
-from issueops.registry.lifecycle import (
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import (
     APPROVED,
     ARCHIVED,
     PENDING,
     PRODUCTION,
     REJECTED,
-    Registry,
     model_name_for,
     spec_hash,
 )

@@ -10,6 +10,7 @@ import pytest
 
 from issueops.bridge.messages import question
 from issueops.errors import Conflict, InvalidInput, SpecError
+from issueops.lifecycle.request_store import RequestStore
 from issueops.lifecycle.state_machine import (
     CANCELLED,
     FAILED,
@@ -19,7 +20,6 @@ from issueops.lifecycle.state_machine import (
     SUCCEEDED,
     WAITING,
     OperatorInput,
-    RequestStore,
     TrainingRequest,
     apply_input,
     attempt_run_id,

@@ -9,7 +9,8 @@ import pytest
 
 from issueops.errors import InvalidInput, NotFound, Unavailable
 from issueops.packaging import tensorrt, triton
-from issueops.packaging.onnx import TensorSpec, export_model
+from issueops.packaging.onnx import export_model
+from issueops.packaging.onnx_parity import TensorSpec
 from tests.conftest import REPO
 
 

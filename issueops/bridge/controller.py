@@ -36,9 +36,7 @@ from issueops.lifecycle.state_machine import (
     start_attempt,
     utcnow,
 )
-from issueops.lifecycle.state_machine import (
-    RUNNING as PHASE_RUNNING,
-)
+from issueops.lifecycle.state_machine import RUNNING as PHASE_RUNNING
 from issueops.pipeline.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
 from issueops.reporting.results import RunResult, StepTiming, after_rollback, production_after
 from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
@@ -142,7 +140,7 @@ class RegistryActions:
     def model_name(self, request: TrainingRequest) -> str:
         if request.model_name:
             return request.model_name
-        from issueops.registry.lifecycle import model_name_for
+        from issueops.registry.names import model_name_for
 
         return model_name_for(request.spec.to_dict())
 

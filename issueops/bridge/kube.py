@@ -15,12 +15,7 @@ from typing import Any
 from issueops.bridge import messages
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, NotFound, Unauthorized
 from issueops.lifecycle.crd import GROUP, KIND, PLURAL, VERSION
-from issueops.lifecycle.state_machine import (
-    OperatorInput,
-    TrainingRequest,
-    apply_input,
-    request_name,
-)
+from issueops.lifecycle.state_machine import OperatorInput, TrainingRequest, apply_input, request_name
 from issueops.spec.body import TrainingSpec
 
 REPOSITORY_LABEL = f"{GROUP}/repository"

@@ -25,10 +25,10 @@ from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
+from issueops.lifecycle.request_store import RequestStore
 from issueops.lifecycle.state_machine import (
     RUNNING,
     OperatorInput,
-    RequestStore,
     TrainingRequest,
     new_request,
     run_failed,

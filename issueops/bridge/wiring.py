@@ -29,7 +29,7 @@ def open_bridge(
         allowlist_from_env,
         max_running_from_env,
     )
-    from issueops.lifecycle.state_machine import RequestStore
+    from issueops.lifecycle.request_store import RequestStore
 
     github = github or GitHubClients(
         settings, throttle=os.environ.get("ISSUEOPS_GITHUB_THROTTLE", "1") not in ("0", "false")

@@ -17,7 +17,7 @@ import numpy as np
 from issueops.data.prepare import PreparedData
 from issueops.errors import InvalidInput, IssueOpsError
 from issueops.evaluation.plots import pyplot, save
-from issueops.registry.lifecycle import VersionInfo
+from issueops.registry.names import VersionInfo
 from issueops.spec.body import TrainingSpec
 from issueops.training.train import load_model, read_manifest
 

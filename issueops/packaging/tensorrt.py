@@ -25,7 +25,7 @@ import numpy as np
 
 from issueops.errors import InvalidInput, IssueOpsError, Unavailable
 from issueops.packaging import triton
-from issueops.packaging.onnx import TensorSpec, graph_signature
+from issueops.packaging.onnx_parity import TensorSpec, graph_signature
 from issueops.store import ObjectStore
 
 FP16_TOLERANCE = 1e-2  # probabilities from an FP16 engine against ONNX Runtime in FP32

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from issueops.errors import InvalidInput, NotFound, Unavailable
-from issueops.packaging.onnx import TensorSpec
+from issueops.packaging.onnx_parity import TensorSpec
 from issueops.store import ObjectStore
 
 TARGETS = ("cpu", "gpu")

@@ -108,7 +108,8 @@ def judge_step(spec_json: str, run_id: str, evaluation_dir: str, attempt: int) -
 def _champion(spec: TrainingSpec, run_id: str, settings: Settings, store: ObjectStore):
     """Production's version of the spec's model scored on this run's test split (or episodes)."""
     from issueops.evaluation.supervised import score_champion
-    from issueops.registry.lifecycle import Registry, model_name_for
+    from issueops.registry.lifecycle import Registry
+    from issueops.registry.names import model_name_for
 
     prepared = _local_copy(store, f"processed/{run_id}", settings)
     registry = Registry.from_settings(settings)
@@ -124,7 +125,8 @@ def _github(settings: Settings):
 def register_step(run_id: str) -> dict:
     """Log the attempt to MLflow and register a new version; auto-approve unless manual approval."""
     from issueops.pipeline.runs import collect_result
-    from issueops.registry.lifecycle import Registry, model_name_for
+    from issueops.registry.lifecycle import Registry
+    from issueops.registry.names import model_name_for
 
     settings, store = _context()
     with step_guard(store, run_id, "register"):
@@ -193,7 +195,8 @@ def promote_step(run_id: str) -> dict:
 def rollback_step(run_id: str) -> dict:
     """A failed request leaves production as it was before the request."""
     from issueops.pipeline.runs import collect_result
-    from issueops.registry.lifecycle import Registry, model_name_for
+    from issueops.registry.lifecycle import Registry
+    from issueops.registry.names import model_name_for
 
     settings, store = _context()
     with step_guard(store, run_id, "rollback"):
@@ -212,7 +215,7 @@ def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
     repo: where to write the local Triton repository (a KFP Model artifact's path), default
     $ISSUEOPS_HOME/triton.
     """
-    from issueops.packaging.onnx import NotServable
+    from issueops.packaging.onnx_parity import NotServable
     from issueops.packaging.package import package_model
 
     settings = Settings.from_env()

@@ -21,7 +21,7 @@ import numpy as np
 
 from issueops.errors import InvalidInput
 from issueops.packaging import triton
-from issueops.packaging.onnx import TensorSpec
+from issueops.packaging.onnx_parity import TensorSpec
 
 log = logging.getLogger("issueops.serving")
 

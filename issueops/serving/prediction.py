@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from issueops.errors import InvalidInput
-from issueops.packaging.onnx import NUMERIC_INPUT, onnx_feeds
+from issueops.packaging.onnx_parity import NUMERIC_INPUT, onnx_feeds
 from issueops.packaging.package import resolve_version, triton
 from issueops.store import ObjectStore
 
