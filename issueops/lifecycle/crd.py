@@ -34,7 +34,7 @@ KIND = "TrainingRequest"
 PLURAL = "trainingrequests"
 SINGULAR = "trainingrequest"
 SHORT_NAMES = ["treq", "tr"]
-CRD_PATH = Path(__file__).resolve().parent.parent / "manifests" / "crds" / "trainingrequests.yaml"
+CRD_PATH = Path(__file__).resolve().parents[2] / "manifests" / "crds" / "trainingrequests.yaml"
 _TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 
 
