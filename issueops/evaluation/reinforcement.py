@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from issueops.evaluation.plots import pyplot, save
 from issueops.spec.body import TrainingSpec
 from issueops.spec.catalog import resolved_hyperparameters
+from issueops.training.train import read_manifest
 
 MAX_EVALUATION_STEPS = 100_000  # per episode, for environments without a time limit
 
@@ -31,8 +33,6 @@ class OnnxPolicy:
 
 
 def load_policy(model_dir: Path) -> OnnxPolicy:
-    from issueops.training.train import read_manifest
-
     return OnnxPolicy(Path(model_dir) / read_manifest(model_dir)["file"])
 
 
@@ -114,8 +114,6 @@ def evaluate_reinforcement(
     spec: TrainingSpec, prepared_dir: Path, model_dir: Path, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any], list[str]]:
     """Play the exported policy for `evaluation_episodes` episodes, on seeds training never used."""
-    from issueops.training.train import read_manifest
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_manifest(model_dir)
     metrics, played = score_policy(spec, model_dir / manifest["file"])
@@ -146,8 +144,6 @@ def evaluate_reinforcement(
 
 
 def _plot_training_curve(history: list[dict[str, Any]], threshold: float | None, out_dir: Path) -> str:
-    from issueops.evaluation.plots import pyplot, save
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     points = [
@@ -165,8 +161,6 @@ def _plot_training_curve(history: list[dict[str, Any]], threshold: float | None,
 
 
 def _plot_evaluation(returns: np.ndarray, threshold: float | None, out_dir: Path) -> str:
-    from issueops.evaluation.plots import pyplot, save
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(np.arange(1, len(returns) + 1), returns, color="tab:blue")

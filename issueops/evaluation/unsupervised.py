@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from issueops.data.prepare import SPLITS, PreparedData
+from issueops.evaluation.plots import pyplot, save
 from issueops.spec.body import TrainingSpec
+from issueops.training.train import read_manifest
 from issueops.training.unsupervised import NOT_SERVABLE
 
 # Pairwise metrics are quadratic in rows: above these sizes they are computed on a seeded sample.
@@ -27,8 +29,6 @@ def evaluate_unsupervised(
     spec: TrainingSpec, prepared: PreparedData, model_dir: Path, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any], list[str]]:
     """Metrics, details and plots: held-out test split, or every row for DBSCAN and t-SNE."""
-    from issueops.training.train import read_manifest
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_manifest(model_dir)
     pipeline = joblib.load(model_dir / manifest["file"])
@@ -183,8 +183,6 @@ def _two_dimensions(data: np.ndarray, name: str) -> tuple[np.ndarray, tuple[str,
 
 
 def _plot_projection(points, axes, colours, title: str, path: Path, *, noise: bool) -> str:
-    from issueops.evaluation.plots import pyplot, save
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     values = np.asarray(colours)
@@ -211,8 +209,6 @@ def _plot_projection(points, axes, colours, title: str, path: Path, *, noise: bo
 def _plot_explained_variance(model, X_train: np.ndarray, out_dir: Path) -> str:
     """Per-component and cumulative explained variance over every component of the train split."""
     from sklearn.decomposition import PCA
-
-    from issueops.evaluation.plots import pyplot, save
 
     full = PCA(random_state=0).fit(X_train)
     ratios = full.explained_variance_ratio_
