@@ -37,7 +37,7 @@ STRANGER, COLLABORATOR = "mallory", "bench-user"
 
 def fuzz() -> None:
     from issueops.errors import SpecError
-    from issueops.spec import parse_issue_body
+    from issueops.spec.body import parse_issue_body
     from tests.hostile_bodies import fuzzed_bodies
 
     counts = {"accepted": 0, "refused": 0, "crashed": 0}

@@ -53,7 +53,7 @@ class Watch:
     def _follow(self) -> None:
         from kubernetes import watch
 
-        from issueops.crd import GROUP, PLURAL, VERSION
+        from issueops.lifecycle.crd import GROUP, PLURAL, VERSION
 
         stream = watch.Watch()
         events = stream.stream(
@@ -97,7 +97,7 @@ def main() -> None:
 
     from kubernetes import client
 
-    from issueops.crd import GROUP, PLURAL, VERSION
+    from issueops.lifecycle.crd import GROUP, PLURAL, VERSION
     from tests.cluster import (
         OperatorProcess,
         client_for,

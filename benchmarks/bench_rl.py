@@ -90,8 +90,8 @@ def _configs_identical(bare_file: Path) -> bool:
     """The RLlib config issueops builds for SPEC equals the bare script's, key for key."""
     import importlib.util
 
-    from issueops.spec import parse_issue_body
-    from issueops.training.reinforcement import build_config
+    from issueops.spec.body import parse_issue_body
+    from issueops.training.reinforcement.ray import build_config
 
     loader = importlib.util.spec_from_file_location("bare_rl", bare_file)
     bare = importlib.util.module_from_spec(loader)

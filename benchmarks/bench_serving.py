@@ -46,11 +46,19 @@ def _free_port() -> int:
 def _register(name: str, body: str) -> str:
     """Train, evaluate, register and package through the pipeline's own steps; returns the run id."""
     from issueops.config import Settings
-    from issueops.execution import start_request
-    from issueops.packaging import deploy_step, package_step
-    from issueops.runs import new_run_id
-    from issueops.spec import parse_issue_body
-    from issueops.steps import evaluate_step, judge_step, prepare_data_step, register_step, train_step
+    from issueops.pipeline.execution import start_request
+    from issueops.pipeline.runs import new_run_id
+    from issueops.pipeline.steps import (
+        deploy_step,
+        evaluate_step,
+        judge_step,
+        package_step,
+        prepare_data_step,
+        promote_step,
+        register_step,
+        train_step,
+    )
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
     spec = parse_issue_body(
@@ -65,7 +73,8 @@ def _register(name: str, body: str) -> str:
     judge_step(spec_json, run_id, str(work / "e"), 1)
     register_step(run_id)
     package_step(run_id)
-    deploy_step(run_id)  # production moves once the version is packaged, as in the pipeline
+    promote_step(run_id)
+    deploy_step(run_id)  # production moved in promote, once the version was packaged, as in the pipeline
     return run_id
 
 

@@ -241,7 +241,7 @@ def _open_bridge(home: Path, allowlist=frozenset({"bench-user"})):
     os.environ["ISSUEOPS_HOME"] = str(home)
     for name in ("GITHUB_TOKEN", "GITHUB_REPOSITORY", "ISSUEOPS_S3_ENDPOINT", "ISSUEOPS_S3_BUCKET"):
         os.environ.pop(name, None)
-    from issueops.bridge import open_bridge
+    from issueops.bridge.wiring import open_bridge
     from issueops.config import Settings
 
     # No run slots: requests are created and queued, no pipeline runs; no GitHub calls

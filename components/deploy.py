@@ -1,14 +1,5 @@
-from kfp.dsl import Input, Model
+"""The deploy component: defined in issueops.pipeline.components."""
 
-from components.image import component
+from issueops.pipeline.components import deploy
 
-
-@component
-def deploy(run_id: str, repository: Input[Model]) -> str:
-    """Serve the packaged version: a KServe InferenceService (a canary until approved) when
-    ISSUEOPS_SERVING=kserve, else the local endpoint that follows production; records the endpoint."""
-    import json
-
-    from issueops.packaging import deploy_step
-
-    return json.dumps(deploy_step(run_id), default=str)
+__all__ = ["deploy"]

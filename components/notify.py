@@ -1,11 +1,5 @@
-from components.image import component
+"""The notify component: defined in issueops.pipeline.components."""
 
+from issueops.pipeline.components import notify
 
-@component
-def notify(run_id: str, notification_type: str) -> str:
-    """Announce the run on GitHub, Slack, Teams, Discord and email as configured; never fails the run."""
-    import json
-
-    from issueops.steps import notify_step
-
-    return json.dumps(notify_step(run_id, notification_type))
+__all__ = ["notify"]

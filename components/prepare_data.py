@@ -1,12 +1,5 @@
-from kfp.dsl import Dataset, Output
+"""The prepare_data component: defined in issueops.pipeline.components."""
 
-from components.image import component
+from issueops.pipeline.components import prepare_data
 
-
-@component
-def prepare_data(spec_json: str, run_id: str, processed: Output[Dataset]):
-    """Validate the dataset, split it (stratified, seeded) and fit the preprocessing on train."""
-    from issueops.steps import prepare_data_step
-
-    metadata = prepare_data_step(spec_json, run_id, processed.path)
-    processed.metadata.update({k: metadata[k] for k in ("num_samples", "num_features") if k in metadata})
+__all__ = ["prepare_data"]

@@ -1,11 +1,5 @@
-from components.image import component
+"""The register component: defined in issueops.pipeline.components."""
 
+from issueops.pipeline.components import register
 
-@component
-def register(run_id: str) -> str:
-    """Log the attempt to MLflow and register a new model version (auto-approved unless manual)."""
-    import json
-
-    from issueops.steps import register_step
-
-    return json.dumps(register_step(run_id))
+__all__ = ["register"]

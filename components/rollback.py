@@ -1,11 +1,5 @@
-from components.image import component
+"""The rollback component: defined in issueops.pipeline.components."""
 
+from issueops.pipeline.components import rollback
 
-@component
-def rollback(run_id: str) -> str:
-    """Keep production as it was before this request: undo what the request promoted."""
-    import json
-
-    from issueops.steps import rollback_step
-
-    return json.dumps(rollback_step(run_id))
+__all__ = ["rollback"]

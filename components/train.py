@@ -1,12 +1,5 @@
-from kfp.dsl import Dataset, Input, Model, Output
+"""The train component: defined in issueops.pipeline.components."""
 
-from components.image import component
+from issueops.pipeline.components import train
 
-
-@component
-def train(spec_json: str, run_id: str, processed: Input[Dataset], model: Output[Model]):
-    """Train the spec's algorithm; the model and its preprocessing are saved together."""
-    from issueops.steps import train_step
-
-    manifest = train_step(spec_json, run_id, processed.path, model.path)
-    model.metadata.update({"algorithm": manifest["algorithm"], "framework": manifest.get("format", "")})
+__all__ = ["train"]

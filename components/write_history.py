@@ -1,11 +1,5 @@
-from components.image import component
+"""The write_history component: defined in issueops.pipeline.components."""
 
+from issueops.pipeline.components import write_history
 
-@component
-def write_history(run_id: str) -> str:
-    """Commit the run's history markdown and plots (local git repository or GitHub)."""
-    import json
-
-    from issueops.steps import write_history_step
-
-    return json.dumps(write_history_step(run_id))
+__all__ = ["write_history"]

@@ -27,24 +27,25 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from issueops.algorithms import ALGORITHMS, METRICS, TASK_METRICS, Algorithm, Metric
 from issueops.bridge.answers import ANSWERS, RequestView
 from issueops.cli.registry import actor
 from issueops.config import Settings
+from issueops.data.prepare import DatasetDescription
 from issueops.errors import IssueOpsError, NotFound
-from issueops.evaluate import VersionComparison
+from issueops.evaluation.supervised import VersionComparison
 from issueops.logs import mask
 from issueops.monitoring.drift import MIN_ROWS, DriftReport
 from issueops.monitoring.performance import MIN_LABELLED_ROWS, PerformanceReport
 from issueops.monitoring.reports import DRIFT_WINDOW, PERFORMANCE_WINDOW
 from issueops.monitoring.scrape import EndpointMetrics
 from issueops.monitoring.triggers import CheckReport
-from issueops.packaging import PackageResult
-from issueops.prediction import Prediction, Predictor
-from issueops.prepare import DatasetDescription
-from issueops.registry import AuditRecord, ModelInfo, ModelSummary, Registry, RollbackResult, VersionInfo
-from issueops.results import RunResult, StepTiming
-from issueops.spec import TrainingSpec
+from issueops.packaging.package import PackageResult
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import AuditRecord, ModelInfo, ModelSummary, RollbackResult, VersionInfo
+from issueops.reporting.results import RunResult, StepTiming
+from issueops.serving.prediction import Prediction, Predictor
+from issueops.spec.body import TrainingSpec
+from issueops.spec.catalog import ALGORITHMS, METRICS, TASK_METRICS, Algorithm, Metric
 from issueops.store import ObjectStore
 
 T = TypeVar("T")
@@ -130,8 +131,8 @@ async def _offload(call: Callable[[], T]) -> T:
 async def validate_spec(body: SpecBody, ctx: Context, check_data: bool = True) -> TrainingSpec:
     """Check a training spec and return it with every default filled in. With check_data (the default)
     its dataset or RL environment is also loaded and checked. Every problem comes back as a sentence."""
-    from issueops.execution import preflight
-    from issueops.spec import parse_issue_body
+    from issueops.pipeline.execution import preflight
+    from issueops.spec.body import parse_issue_body
 
     shared = _shared(ctx)
 
@@ -164,7 +165,7 @@ async def describe_dataset(
 ) -> DatasetDescription:
     """Rows, columns with their kinds (numeric, categorical), and the target column a supervised spec
     would use by default."""
-    from issueops.prepare import describe_dataset as describe
+    from issueops.data.prepare import describe_dataset as describe
 
     shared = _shared(ctx)
     return await _offload(lambda: describe(dataset_id, shared.settings, shared.store))
@@ -179,9 +180,9 @@ async def train(
     """Run the training pipeline for a spec on the local runner (prepare, train, evaluate, judge, and on
     a pass register, package and deploy) and return the run: run_id, decision (pass, retrain, fail),
     metrics, model version. Takes seconds to minutes; each step is reported as progress."""
-    from issueops.execution import run_with_status
-    from issueops.runs import new_run_id
-    from issueops.spec import parse_issue_body
+    from issueops.pipeline.execution import run_with_status
+    from issueops.pipeline.runs import new_run_id
+    from issueops.spec.body import parse_issue_body
 
     shared = _shared(ctx)
     spec = await _offload(lambda: parse_issue_body(body))
@@ -219,7 +220,7 @@ async def get_run(
 ) -> RunResult:
     """The state or result of a run, from its record: each step's status, decision, metrics, model
     version, endpoint and history. Works while the run is still going."""
-    from issueops.runs import RunRecord, collect_result
+    from issueops.pipeline.runs import RunRecord, collect_result
 
     store = _shared(ctx).store
 
@@ -299,7 +300,7 @@ async def package_version(
 ) -> PackageResult:
     """Export a registered version to ONNX with its preprocessing, check parity on its test split, and
     write its Triton model repositories (local, and cpu/gpu in the object store)."""
-    from issueops.packaging import package_model
+    from issueops.packaging.package import package_model
 
     shared = _shared(ctx)
     return await _offload(
@@ -446,9 +447,9 @@ async def propose_retrain(
     from dataclasses import replace
 
     from issueops.github import configured_client
-    from issueops.history import history_branch
     from issueops.monitoring.reports import parse_duration
     from issueops.monitoring.triggers import TriggerPolicy, check_triggers
+    from issueops.reporting.history import history_branch
 
     shared = _shared(ctx)
 
@@ -533,7 +534,7 @@ async def compare_versions(
     split), and both scored the way the judge scores production against a new attempt: on the newer
     version's test split (or, for RL, its evaluation episodes), with its evaluation metric. A version that
     cannot be scored there says why."""
-    from issueops.evaluate import compare_versions as compare
+    from issueops.evaluation.supervised import compare_versions as compare
 
     shared = _shared(ctx)
     return await _offload(lambda: compare(shared.registry, shared.store, model, a, b))

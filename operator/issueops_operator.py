@@ -1,4 +1,4 @@
-"""The TrainingRequest operator. Thin kopf handlers over issueops.bridge.resources.
+"""The TrainingRequest operator. Thin kopf handlers over issueops.lifecycle.runtime.
 
     kopf run --standalone --namespace=issueops operator/issueops_operator.py
     ISSUEOPS_OPERATOR_LOCAL=1 kopf run ...          # attempts on the local runner, not KFP
@@ -26,13 +26,13 @@ import threading
 
 import kopf
 
-from issueops.bridge.resources import OperatorRuntime
 from issueops.config import Settings
-from issueops.crd import GROUP, PLURAL, VERSION, require_served
-from issueops.custom_resources import api_client
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.lifecycle.crd import GROUP, PLURAL, VERSION, require_served
+from issueops.lifecycle.custom_resources import api_client
+from issueops.lifecycle.runtime import OperatorRuntime
+from issueops.lifecycle.state_machine import ACTIVE_PHASES
 from issueops.logs import JsonFormatter
-from issueops.requests import ACTIVE_PHASES
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 INTERVAL = float(os.environ.get("ISSUEOPS_OPERATOR_INTERVAL", "5"))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from issueops.crd import GROUP, VERSION, training_request_crd
+from issueops.lifecycle.crd import GROUP, VERSION, training_request_crd
 from tests.controlplane import ControlPlane, Unavailable, running
 
 REPO = Path(__file__).resolve().parent.parent

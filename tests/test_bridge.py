@@ -20,28 +20,28 @@ import httpx
 import jsonschema
 import pytest
 
-from issueops.bridge import open_bridge
 from issueops.bridge.controller import GitHubClients
 from issueops.bridge.events import interpret, read_input
 from issueops.bridge.inbox import Inbox
 from issueops.bridge.poll import GitHubAskedToWait, Poller
 from issueops.bridge.webhook import MAX_BODY_BYTES, HttpServer, make_app, sign, signature_ok
+from issueops.bridge.wiring import open_bridge
 from issueops.config import Settings
 from issueops.github import RetryPolicy
-from issueops.requests import (
+from issueops.lifecycle.request_store import RequestStore
+from issueops.lifecycle.state_machine import (
     CANCELLED,
     FAILED,
     PENDING,
     RUNNING,
     SUCCEEDED,
     WAITING,
-    RequestStore,
     iso,
     new_request,
     utcnow,
 )
-from issueops.spec import parse_issue_body
-from issueops.status import QUESTION_MARKER, STATUS_MARKER
+from issueops.reporting.status import QUESTION_MARKER, STATUS_MARKER
+from issueops.spec.body import parse_issue_body
 from tests.conftest import REPO
 
 try:
@@ -681,7 +681,7 @@ def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_kee
     """issue → run → below threshold → question → authorised comment → retrain → pass →
     registered; then a second request on the same model exhausts max_retry → rollback keeps
     the production model of the first."""
-    from issueops.registry import Registry
+    from issueops.registry.lifecycle import Registry
 
     hub = Hub(gh, settings)
     hub.start_worker()
@@ -1024,8 +1024,8 @@ def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh,
 def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp_path):
     """/approve promotes a version waiting for manual approval; /rollback puts the previous
     production version back; both only from authorised people, both answered on the issue."""
-    from issueops.registry import Registry
-    from issueops.results import RunResult
+    from issueops.registry.lifecycle import Registry
+    from issueops.reporting.results import RunResult
 
     registry = Registry.from_settings(settings)
     model_dir = tmp_path / "model"
@@ -1068,8 +1068,8 @@ def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp
 
 def registered(settings, tmp_path, versions=(True,)) -> None:
     """Versions of `bc-rf` in the real registry: True approved (production), False pending."""
-    from issueops.registry import Registry
-    from issueops.results import RunResult
+    from issueops.registry.lifecycle import Registry
+    from issueops.reporting.results import RunResult
 
     registry = Registry.from_settings(settings)
     model_dir = tmp_path / "model"
@@ -1219,7 +1219,7 @@ def test_a_pod_restart_restarts_the_attempt_and_a_killed_bridge_picks_it_up(gh, 
     attempt again without using the only try max_retry 0 gives; then kill -9 of that bridge alone:
     the next one follows the surviving attempt. The request passes at attempt 1, and the one status
     comment ends final, naming the lost run."""
-    from issueops.registry import Registry
+    from issueops.registry.lifecycle import Registry
 
     store = RequestStore(settings.home)
     number = gh.create_issue(
@@ -1295,7 +1295,7 @@ class LostRuns:
 
 def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_over(hub, gh, settings):
     from issueops.bridge.controller import IssueReporter, RequestController
-    from issueops.requests import MAX_RESTARTS
+    from issueops.lifecycle.state_machine import MAX_RESTARTS
 
     backend = LostRuns()
     controller = RequestController(settings, backend, IssueReporter(hub.clients))
@@ -1326,7 +1326,7 @@ def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
     from dataclasses import replace
 
     from issueops.bridge.controller import IssueReporter, RequestController
-    from issueops.runs import RunOwner, RunRecord, mark_owner
+    from issueops.pipeline.runs import RunOwner, RunRecord, mark_owner
     from issueops.store import open_store
 
     backend = LostRuns()

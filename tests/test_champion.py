@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from issueops.config import Settings
-from issueops.evaluate import ChampionScore
-from issueops.judge import judge
-from issueops.registry import Registry
-from issueops.results import format_value
-from issueops.status import STATUS_MARKER, render_summary
+from issueops.evaluation.judge import judge
+from issueops.evaluation.supervised import ChampionScore
+from issueops.registry.lifecycle import Registry
+from issueops.reporting.results import format_value
+from issueops.reporting.status import STATUS_MARKER, render_summary
 from tests.github_double import GitHubDouble
 from tests.test_pipeline import cli
 
@@ -101,9 +101,9 @@ def test_a_challenger_that_loses_is_not_promoted_and_one_within_max_regression_i
 
 def train_through_judge(body: str, *, attempt: int = 1):
     """prepare, train, evaluate and judge with the pipeline's steps (no KFP): (run id, Judgement)."""
-    from issueops.execution import start_request
-    from issueops.spec import parse_issue_body
-    from issueops.steps import evaluate_step, judge_step, prepare_data_step, train_step
+    from issueops.pipeline.execution import start_request
+    from issueops.pipeline.steps import evaluate_step, judge_step, prepare_data_step, train_step
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
     settings = Settings.from_env()
@@ -117,7 +117,7 @@ def train_through_judge(body: str, *, attempt: int = 1):
 
 
 def put_in_production(run_id: str, judgement) -> int:
-    from issueops.steps import register_step
+    from issueops.pipeline.steps import register_step
 
     assert judgement.decision == "pass", judgement.message
     registration = register_step(run_id)
@@ -147,7 +147,7 @@ def test_rmse_is_lower_is_better_and_a_loser_with_retries_left_asks_the_operator
     assert put_in_production(forest_run, forest) == 2
 
     # compare_versions scores both as the judge does, on the newer one's split: the forest wins.
-    from issueops.evaluate import compare_versions
+    from issueops.evaluation.supervised import compare_versions
     from issueops.store import open_store
 
     settings = Settings.from_env()
@@ -228,10 +228,10 @@ def policy(path, weights) -> None:
 
 def test_rl_plays_the_champions_policy_on_the_same_episodes(home):
     """No Ray: two exported policies, the champion registered, the challenger through the steps."""
-    from issueops.execution import start_request
-    from issueops.results import RunResult
-    from issueops.spec import parse_issue_body
-    from issueops.steps import evaluate_step, judge_step, prepare_data_step
+    from issueops.pipeline.execution import start_request
+    from issueops.pipeline.steps import evaluate_step, judge_step, prepare_data_step
+    from issueops.reporting.results import RunResult
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
     spec = parse_issue_body(
@@ -349,9 +349,9 @@ def test_without_a_champion_the_judgement_reads_as_before():
 
 def test_the_operators_question_and_the_summary_show_production_beside_the_attempt():
     from issueops.bridge.messages import question
-    from issueops.requests import new_request
-    from issueops.results import RunResult
-    from issueops.spec import parse_issue_body
+    from issueops.lifecycle.state_machine import new_request
+    from issueops.reporting.results import RunResult
+    from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body(IRIS.format(trees=20, extra="").replace("max_retry: 0", "max_retry: 2"))
     request = new_request(spec, name="octo-models-7", repository="octo/models", issue=7, requested_by="ann")

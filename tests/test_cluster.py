@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from issueops.crd import GROUP, PLURAL, VERSION, training_request_crd
-from issueops.spec import validate_spec
+from issueops.lifecycle.crd import GROUP, PLURAL, VERSION, training_request_crd
+from issueops.spec.body import validate_spec
 from tests.cluster import REPO, fast_spec, read_documents, server_side_apply, training_request
 
 pytestmark = pytest.mark.cluster
@@ -73,7 +73,7 @@ def test_the_api_server_accepts_the_examples_and_stores_them_as_written(kube, na
 def test_the_api_server_refuses_what_issueops_validate_refuses(kube, namespace):
     """Every spec of the catalog-built corpus (tests/test_manifests.py), as a dry-run create
     with strict field validation: the API server and validate_spec agree on each."""
-    from issueops.crd import spec_schema
+    from issueops.lifecycle.crd import spec_schema
     from tests.test_manifests import corpus, pruned, python_accepts
 
     schema = spec_schema()
@@ -233,7 +233,7 @@ def test_the_generated_crd_is_what_the_api_server_stores(kube):
 def test_every_status_field_the_operator_writes_is_kept(kube, namespace):
     """A status with every field set, written through /status, reads back unchanged: nothing the
     operator records (and resumes from after a restart) is pruned by the schema."""
-    from issueops.requests import AttemptRecord, TrainingRequest, set_condition
+    from issueops.lifecycle.state_machine import AttemptRecord, TrainingRequest, set_condition
 
     stored = objects(kube).create_namespaced_custom_object(
         GROUP,

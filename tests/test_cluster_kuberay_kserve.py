@@ -61,8 +61,8 @@ def test_the_rayjob_the_train_step_applies_is_accepted_and_its_status_read_as_ku
     from kubernetes import client
 
     from issueops.errors import ExternalServiceError
-    from issueops.kuberay import RAYJOBS, rayjob_manifest, rayjob_name, train_on_rayjob
-    from issueops.spec import parse_issue_body
+    from issueops.pipeline.rayjob import RAYJOBS, rayjob_manifest, rayjob_name, train_on_rayjob
+    from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body(
         "learning_type: reinforcement\nalgorithm: ppo\nenvironment: CartPole-v1\n"
@@ -102,7 +102,7 @@ def test_the_rayjob_the_train_step_applies_is_accepted_and_its_status_read_as_ku
 def test_the_inference_service_the_deploy_step_applies_through_canary_approval_and_rollback(
     operators, namespace, store
 ):
-    from issueops.kserve import deploy_version, get, promote, revert
+    from issueops.serving.kserve import deploy_version, get, promote, revert
     from tests.test_kserve import packaged
 
     packaged(store, "bc-rf", 1, 2)
@@ -137,7 +137,7 @@ def test_the_payload_logger_url_becomes_the_inference_services_logger_kserve_acc
 ):
     """ISSUEOPS_PAYLOAD_LOGGER_URL (issueops-config, manifests/monitoring) is where the deploy step
     points KServe's payload logger: KServe's own CRD takes the logger strictly, as written."""
-    from issueops.kserve import VERSION_ANNOTATION, deploy_version, get
+    from issueops.serving.kserve import VERSION_ANNOTATION, deploy_version, get
     from tests.test_kserve import packaged
 
     receiver = "http://issueops-monitor.issueops.svc.cluster.local/events"
@@ -158,7 +158,7 @@ def test_a_field_kserve_does_not_declare_is_refused_for_good(operators, namespac
     """The API server answers an undeclared field in a server-side apply with a 500; issueops
     names it as the invalid manifest it is (not a transient error to retry)."""
     from issueops.errors import InvalidInput
-    from issueops.kserve import INFERENCE_SERVICES, inference_service
+    from issueops.serving.kserve import INFERENCE_SERVICES, inference_service
 
     manifest = inference_service("bc-rf", 1, "s3://issueops/triton/bc-rf/1/cpu", namespace=namespace)
     manifest["spec"]["predictor"]["model"]["storageURI"] = "s3://typo"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from issueops.crd import GROUP, PLURAL, VERSION
+from issueops.lifecycle.crd import GROUP, PLURAL, VERSION
 from tests.cluster import OperatorProcess, fast_spec, training_request, wait_until
 
 pytestmark = pytest.mark.cluster

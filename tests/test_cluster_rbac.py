@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from issueops.crd import GROUP, PLURAL, VERSION
+from issueops.lifecycle.crd import GROUP, PLURAL, VERSION
 from tests.cluster import (
     REPO,
     OperatorProcess,

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issueops.data.prepare import PreparedData, check_dataset, prepare_data
 from issueops.errors import DatasetError, InvalidInput
-from issueops.prepare import PreparedData, check_dataset, prepare_data
-from issueops.spec import parse_issue_body
+from issueops.spec.body import parse_issue_body
 from issueops.store import LocalStore, S3Store, safe_key
 
 

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issueops.data.prepare import PreparedData, prepare_data
 from issueops.errors import Unavailable
-from issueops.export import NotServable, ParityError, export_model, onnx_feeds
-from issueops.prepare import PreparedData, prepare_data
-from issueops.spec import parse_issue_body
-from issueops.training import load_model, train_model
+from issueops.packaging.onnx import export_model
+from issueops.packaging.onnx_parity import NotServable, ParityError, onnx_feeds
+from issueops.spec.body import parse_issue_body
+from issueops.training.train import load_model, train_model
 
 CASES = {
     "random-forest-classification": "algorithm: random_forest\ndataset_id: sklearn:breast_cancer\nhyperparameters: {n_estimators: 30}",
@@ -131,7 +132,7 @@ def test_transductive_algorithms_are_not_servable(settings, store, tmp_path, alg
 def test_reinforcement_policy_matches_its_rllib_checkpoint(tmp_path, monkeypatch):
     """One PPO iteration on CartPole (about 10 s with Ray on one CPU), then the exported policy
     against the RLModule restored from the checkpoint, on 256 sampled observations."""
-    from issueops.training.reinforcement import prepare_environment
+    from issueops.training.reinforcement.environment import prepare_environment
 
     monkeypatch.setenv("ISSUEOPS_RAY_CPUS", "1")
     spec = parse_issue_body(
@@ -165,7 +166,7 @@ def test_algorithms_that_cannot_predict_are_not_servable(tmp_path):
 
 def test_a_parity_failure_publishes_nothing(settings, store, tmp_path, monkeypatch):
     """A converter that gets the model wrong (here: it converts a forest fitted on shuffled labels)."""
-    import issueops.export as export
+    import issueops.packaging.onnx as export
 
     _, test = trained(settings, store, tmp_path, CASES["random-forest-classification"])
     convert = export._estimator_graph
@@ -184,10 +185,10 @@ def test_a_parity_failure_publishes_nothing(settings, store, tmp_path, monkeypat
 
 def test_package_step_fails_on_parity_and_nothing_is_deployed(settings, store, tmp_path, monkeypatch):
     """Through the registry: the package step fails, no repository reaches the store, deploy refuses."""
-    import issueops.export as export
+    import issueops.packaging.onnx as export
     from issueops.errors import NotFound
-    from issueops.packaging import deploy_step, package_step
-    from issueops.runs import RunRecord
+    from issueops.pipeline.runs import RunRecord
+    from issueops.pipeline.steps import deploy_step, package_step
     from tests.test_serving import RF_BODY, train_and_register
 
     registered = train_and_register(RF_BODY.format(n=5, extra=""))

@@ -23,8 +23,8 @@ from issueops.errors import (
     Unauthorized,
 )
 from issueops.github import GitHubClient, RetryPolicy, html_base_url
-from issueops.results import RunResult, StepTiming
-from issueops.status import (
+from issueops.reporting.results import RunResult, StepTiming
+from issueops.reporting.status import (
     QUESTION_MARKER,
     STATUS_MARKER,
     SUMMARY_MARKER,
@@ -592,7 +592,7 @@ def test_a_github_outage_does_not_stop_the_run(gh, client, caplog):
 
 
 def test_console_sink_logs_one_line_per_event(caplog):
-    caplog.set_level(logging.INFO, logger="issueops.status")
+    caplog.set_level(logging.INFO, logger="issueops.reporting.status")
     sink = ConsoleSink()
     report = StatusReport(sink, "local run", ["train"], clock=iter([0.0, 4.0]).__next__)
     report.start()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from issueops.bridge.events import Intent, interpret, read_input
 from issueops.cli import main
 from issueops.errors import SpecError
-from issueops.spec import SPEC_FIELDS, TrainingSpec, parse_issue_body, validate_spec
+from issueops.spec.body import SPEC_FIELDS, TrainingSpec, parse_issue_body, validate_spec
 from tests.hostile_bodies import (
     CRASHERS,
     FIELDS,
@@ -163,7 +163,7 @@ def test_no_dataset_check_when_the_learning_type_cannot_be_known():
 
 def _dataset_check():
     from issueops.config import Settings
-    from issueops.execution import check_inputs
+    from issueops.pipeline.execution import check_inputs
 
     settings = Settings.from_env()
     return lambda spec: check_inputs(spec, settings)
@@ -274,9 +274,9 @@ def test_a_wrongly_typed_payload_names_the_field():
 
 def test_a_trailing_newline_passes_no_name_check():
     """`^...$` with re.match accepts "name\n"; every name check matches the whole string."""
-    from issueops.datasets import load_dataset
+    from issueops.data.sources import load_dataset
     from issueops.errors import InvalidInput
-    from issueops.registry import check_model_name
+    from issueops.registry.names import check_model_name
     from issueops.store import safe_key
 
     for check, value in ((check_model_name, "bc-rf\n"), (safe_key, "models/bc-rf\n/1")):

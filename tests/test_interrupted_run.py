@@ -15,8 +15,9 @@ import pytest
 from mcp import Client
 
 from issueops.config import Settings
-from issueops.registry import PENDING, REJECTED, Registry
-from issueops.runs import INTERRUPTED, RunRecord, RunState, collect_result, run_state
+from issueops.pipeline.runs import INTERRUPTED, RunRecord, RunState, collect_result, run_state
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import PENDING, REJECTED
 from issueops.store import open_store
 from tests.conftest import REPO
 from tests.test_prefork import _session

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from issueops.errors import InvalidInput, NotFound, Unauthorized, Unavailable
-from issueops.kserve import (
+from issueops.serving.kserve import (
     Placement,
     deploy_version,
     inference_service,

@@ -21,9 +21,9 @@ import numpy as np
 from issueops.bridge.events import TRAIN_LABEL
 from issueops.cli import main
 from issueops.config import Settings
+from issueops.lifecycle.state_machine import SUCCEEDED
 from issueops.monitoring.proposals import PROPOSAL_LABEL, proposal_ref
-from issueops.requests import SUCCEEDED
-from issueops.status import STATUS_MARKER
+from issueops.reporting.status import STATUS_MARKER
 from tests import test_bridge
 from tests.test_bridge import Hub
 from tests.test_monitoring_serve import post_json, start_server, stop_server
@@ -38,11 +38,12 @@ CHECK = ["monitor", "check", "--open-issues", "--model", RF, "--cooldown", "1s",
 def production_v1(settings: Settings) -> tuple[str, object]:
     """bc-rf v1 in production, packaged with its reference profile: (run id, profile)."""
     from issueops.monitoring.profile import load_reference_profile
-    from issueops.packaging import deploy_step, package_step
+    from issueops.pipeline.steps import deploy_step, package_step, promote_step
     from issueops.store import open_store
 
     run = train_and_register(RF_BODY.format(n=10, extra="max_retry: 0\n"))
     package_step(run["run_id"])
+    promote_step(run["run_id"])
     assert deploy_step(run["run_id"])["served_version"] == 1
     return run["run_id"], load_reference_profile(open_store(settings), RF, 1)
 
@@ -101,8 +102,8 @@ def proposals(gh) -> list:
 def test_monitor_opens_a_proposal_that_an_approval_retrains_and_promotes(
     gh, settings, tmp_path, capsys, monkeypatch
 ):
+    from issueops.pipeline.runs import RunRecord
     from issueops.registry import Registry
-    from issueops.runs import RunRecord
     from issueops.store import open_store
 
     for name in ("ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):  # promoted and logged as by default

@@ -1,6 +1,6 @@
 """Manifests against the Kubernetes OpenAPI schemas, and the TrainingRequest CRD against the catalog.
 
-The CRD's schema is generated from issueops.algorithms; here it must (1) be what is committed,
+The CRD's schema is generated from issueops.spec.catalog; here it must (1) be what is committed,
 (2) be structural, as the API server requires, and (3) accept and reject exactly what
 `validate_spec` accepts and rejects, over a corpus built from the catalog itself.
 """
@@ -18,10 +18,10 @@ import jsonschema
 import pytest
 import yaml
 
-from issueops.algorithms import ALGORITHMS, METRICS, TASK_METRICS, TASK_TYPES
-from issueops.crd import CRD_PATH, render_crd, spec_schema, training_request_crd
 from issueops.errors import SpecError
-from issueops.spec import validate_spec
+from issueops.lifecycle.crd import CRD_PATH, render_crd, spec_schema, training_request_crd
+from issueops.spec.body import validate_spec
+from issueops.spec.catalog import ALGORITHMS, METRICS, TASK_METRICS, TASK_TYPES
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -106,7 +106,7 @@ def test_operator_rbac_is_least_privilege():
 
 
 def test_committed_crd_is_generated_from_the_catalog():
-    assert CRD_PATH.read_text() == render_crd(), "run `python -m issueops.crd` and commit"
+    assert CRD_PATH.read_text() == render_crd(), "run `python -m issueops.lifecycle.crd` and commit"
 
 
 def test_crd_has_status_printer_columns_and_short_names():
@@ -567,7 +567,7 @@ def test_the_check_cronjob_and_the_receiver_run_hardened_with_the_operators_sett
 
 
 def test_the_logged_inference_service_example_is_what_the_code_writes():
-    from issueops.kserve import inference_service
+    from issueops.serving.kserve import inference_service
 
     logged = yaml.safe_load((ROOT / "kserve" / "examples" / "inferenceservice-logged.yaml").read_text())
     assert logged == inference_service(

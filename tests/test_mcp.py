@@ -280,7 +280,7 @@ def test_server_and_predictions_leave_kserve_unloaded():
     """kserve's gRPC messages and tritonclient.grpc's share names: a process holding both fails to
     import the second. The MCP server (and its predictions) must stay usable beside a client."""
     script = (
-        "import sys, issueops.mcp_server, issueops.prediction, issueops.serving.model\n"
+        "import sys, issueops.mcp_server, issueops.serving.prediction, issueops.serving.model\n"
         "import tritonclient.grpc\n"
         "print(sorted(m for m in sys.modules if m == 'kserve' or m.startswith('kserve.')))"
     )
@@ -450,8 +450,9 @@ WAITING_SPEC = (
 
 def waiting_request(home, repository: str, issue: int):
     """A request whose first attempt missed the threshold, as the bridge leaves it."""
-    from issueops.requests import WAITING, RequestStore, iso, new_request, utcnow
-    from issueops.spec import parse_issue_body
+    from issueops.lifecycle.request_store import RequestStore
+    from issueops.lifecycle.state_machine import WAITING, iso, new_request, utcnow
+    from issueops.spec.body import parse_issue_body
 
     store = RequestStore(home)
     request = new_request(

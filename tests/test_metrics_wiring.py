@@ -12,10 +12,10 @@ import socket
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from issueops.lifecycle.state_machine import PENDING, PHASES, RUNNING, SUCCEEDED
 from issueops.logs import JsonFormatter
-from issueops.policy import STEP_POLICIES
-from issueops.requests import PENDING, PHASES, RUNNING, SUCCEEDED
-from issueops.runs import PIPELINE_STEPS
+from issueops.pipeline.policy import STEP_POLICIES
+from issueops.pipeline.runs import PIPELINE_STEPS
 from tests.test_bridge import SPEC, Hub, gh, registered, settings  # noqa: F401 - fixtures
 from tests.test_operator import cluster, operator, phase, spec  # noqa: F401 - fixtures
 
@@ -100,7 +100,7 @@ def test_the_operator_serves_metrics_on_its_port(cluster, monkeypatch):  # noqa:
 
 
 def test_a_steps_json_log_lines_carry_its_run_and_issue(store, monkeypatch):
-    from issueops.runs import RunRecord, step_guard
+    from issueops.pipeline.runs import RunRecord, step_guard
 
     run_id = "train-20260101-000000-abcd"
     RunRecord(store, run_id).write("request.json", {"issue": 42, "attempt": 1})
@@ -111,7 +111,7 @@ def test_a_steps_json_log_lines_carry_its_run_and_issue(store, monkeypatch):
     root.addHandler(handler)
     try:
         with step_guard(store, run_id, "evaluate"):
-            logging.getLogger("issueops.evaluate").info("scored")
+            logging.getLogger("issueops.evaluation.supervised").info("scored")
     finally:
         root.removeHandler(handler)
     entries = [json.loads(line) for line in lines.getvalue().splitlines()]

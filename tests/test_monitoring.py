@@ -224,8 +224,8 @@ def test_reference_profile_describes_the_features_as_served_and_round_trips(stor
 
 
 def test_profile_of_prepared_data_uses_the_raw_training_columns(settings, store, tmp_path):
-    from issueops.prepare import prepare_data
-    from issueops.spec import parse_issue_body
+    from issueops.data.prepare import prepare_data
+    from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body("learning_type: supervised\nalgorithm: random_forest\ndataset_id: sklearn:iris\n")
     prepared = prepare_data(spec, settings, store, tmp_path / "prepared")
@@ -417,12 +417,13 @@ def test_the_package_step_saves_the_profile_and_drift_reads_only_it(home, store,
 
     from issueops.cli import main
     from issueops.monitoring.payloads import PayloadLogger, v2_tensors
-    from issueops.packaging import deploy_step, package_step
+    from issueops.pipeline.steps import deploy_step, package_step, promote_step
     from tests.test_serving import RF_BODY, train_and_register
 
     run = train_and_register(RF_BODY.format(n=5, extra=""))
     package = package_step(run["run_id"])
-    deploy_step(run["run_id"])  # production: what drift looks at by default
+    promote_step(run["run_id"])  # production: what drift looks at by default
+    deploy_step(run["run_id"])
     version = int(run["version"])
     assert package["reference_profile"]["uri"].endswith(reference_profile_location("bc-rf", version))
     profile = load_reference_profile(store, "bc-rf", version)

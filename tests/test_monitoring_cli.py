@@ -14,8 +14,8 @@ import pytest
 from issueops.cli import main
 from issueops.monitoring.payloads import PayloadLogger, v2_tensors
 from issueops.monitoring.profile import build_reference_profile, save_reference_profile
-from issueops.registry import Registry
-from issueops.results import RunResult
+from issueops.registry.lifecycle import Registry
+from issueops.reporting.results import RunResult
 
 _counter = itertools.count(1)
 COLUMNS = {"input": ["age", "income"], "categorical": ["plan"]}

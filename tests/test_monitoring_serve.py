@@ -48,13 +48,14 @@ def world(tmp_path_factory, s3_endpoint):
         for name in ("MLFLOW_TRACKING_URI", "ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):
             patch.delenv(name, raising=False)
         from issueops.config import Settings
-        from issueops.packaging import deploy_step, package_step
+        from issueops.pipeline.steps import deploy_step, package_step, promote_step
         from issueops.store import open_store
 
         store = open_store(Settings.from_env())
         store.client.create_bucket(Bucket=bucket)
         run = train_and_register(RF_BODY.format(n=10, extra=""))
         assert "uri" in package_step(run["run_id"])["reference_profile"]  # saved with the version
+        promote_step(run["run_id"])
         deploy_step(run["run_id"])
         test = pd.read_parquet(io.BytesIO(store.get_bytes(f"processed/{run['run_id']}/test.parquet")))
         features = [c for c in test.columns if c != "target"]

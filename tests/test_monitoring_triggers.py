@@ -17,7 +17,6 @@ import pytest
 from issueops.bridge.events import interpret
 from issueops.cli import main
 from issueops.errors import InvalidInput
-from issueops.execution import check_inputs
 from issueops.github import GitHubClient, RetryPolicy
 from issueops.monitoring.payloads import PayloadLogger, read_inference_log, v2_tensors
 from issueops.monitoring.performance import record_feedback
@@ -37,10 +36,11 @@ from issueops.monitoring.triggers import (
     state_key,
     window_bounds,
 )
-from issueops.registry import Registry
-from issueops.results import RunResult
-from issueops.runs import RunRecord
-from issueops.spec import SpecError, parse_issue_body, validate_spec
+from issueops.pipeline.execution import check_inputs
+from issueops.pipeline.runs import RunRecord
+from issueops.registry.lifecycle import Registry
+from issueops.reporting.results import RunResult
+from issueops.spec.body import SpecError, parse_issue_body, validate_spec
 
 try:
     from tests.github_double import GitHubDouble

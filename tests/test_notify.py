@@ -10,20 +10,18 @@ import sys
 import pytest
 
 from issueops.errors import ExternalServiceError, InvalidInput
-from issueops.notify import (
+from issueops.reporting.notify.channels import (
     ConsoleChannel,
     DiscordChannel,
     EmailChannel,
     GitHubCommentChannel,
-    Notification,
-    NotificationType,
     SlackChannel,
     TeamsChannel,
     channels_from_env,
-    notify,
-    render_markdown,
 )
-from issueops.results import RunResult
+from issueops.reporting.notify.dispatch import notify
+from issueops.reporting.notify.messages import Notification, NotificationType, render_markdown
+from issueops.reporting.results import RunResult
 from tests.notify_servers import Reply, SmtpServer, WebhookReceiver, closed_port, self_signed_cert
 
 SLACK_PATH = "/services/T0001/B0002/slack-s3cret-token-111"
@@ -417,7 +415,7 @@ def test_a_broken_channel_is_reported_and_never_raises(result, caplog):
     assert report["broken"].attempts == 1
     assert report["console"].ok
     assert any(
-        r.name == "issueops.notify"
+        r.name == "issueops.reporting.notify"
         and "Training succeeded" in r.getMessage()
         and "f1=0.9655" in r.getMessage()
         for r in caplog.records

@@ -21,8 +21,8 @@ import kubernetes.config.kube_config
 import pytest
 from kopf.testing import KopfRunner
 
-from issueops.bridge.resources import Admission
-from issueops.crd import GROUP, KIND, PLURAL, VERSION
+from issueops.lifecycle.crd import GROUP, KIND, PLURAL, VERSION
+from issueops.lifecycle.runtime import Admission
 
 kmock = pytest.importorskip("kmock")
 
@@ -188,9 +188,9 @@ def test_admission_keeps_the_limit_and_the_creation_order():
 
 
 def test_bridge_in_cluster_mode_creates_and_patches_training_requests(cluster, home, monkeypatch):
-    from issueops.bridge import open_bridge
     from issueops.bridge.controller import GitHubClients
     from issueops.bridge.kube import KubernetesBook
+    from issueops.bridge.wiring import open_bridge
     from issueops.config import Settings
     from issueops.github import RetryPolicy
 

@@ -156,7 +156,7 @@ def test_compiled_ir_has_every_component_the_condition_and_policies(home, tmp_pa
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 1
     assert "retryPolicy" not in tasks["judge"]
     whole = json.dumps(spec)
-    for name in ("register", "write-history", "notify", "rollback"):
+    for name in ("register", "promote", "write-history", "notify", "rollback"):
         assert f"exec-{name}" in executors
     policies = [c["triggerPolicy"] for c in _tasks(spec) if "triggerPolicy" in c]
     conditions = [p["condition"] for p in policies if "condition" in p]

@@ -15,9 +15,9 @@ from kfp import dsl, local
 from issueops import prefork
 from issueops.config import Settings
 from issueops.errors import DatasetError
-from issueops.execution import check_inputs, preflight
-from issueops.prefork import Preload, active_server, prefork_tasks, preload_for, task_parts
-from issueops.spec import parse_issue_body
+from issueops.pipeline.execution import check_inputs, preflight
+from issueops.pipeline.prefork import Preload, active_server, prefork_tasks, preload_for, task_parts
+from issueops.spec.body import parse_issue_body
 
 NOTHING = Preload(shared=(), data=(), publish=())
 
@@ -62,7 +62,7 @@ def test_task_parts_recognises_only_plain_lightweight_components():
 def test_every_module_preload_for_names_imports():
     """A renamed module (or algorithm) would only make the preloaded process fail at start, where
     the run falls back to subprocesses unnoticed: every name preload_for lists must import."""
-    from issueops.algorithms import ALGORITHMS
+    from issueops.spec.catalog import ALGORITHMS
 
     assert set(prefork._EXTRA) <= set(ALGORITHMS), "extra imports of an algorithm the catalog lacks"
     names = {
@@ -78,7 +78,9 @@ def test_every_module_preload_for_names_imports():
         elif importlib.util.find_spec(name) is None:
             missing.append(name)
     assert not missing
-    assert "issueops.steps" in names and "torch" in names  # the catalog's learning types all took part
+    assert (
+        "issueops.pipeline.steps" in names and "torch" in names
+    )  # the catalog's learning types all took part
 
 
 def test_pipeline_runs_through_the_preloaded_process(local_runner, monkeypatch):
@@ -152,7 +154,7 @@ def test_publish_steps_fork_from_their_own_lane_and_every_lane_ends_with_the_run
 
 def test_the_server_ends_when_the_run_that_started_it_dies():
     script = (
-        "import os\nfrom issueops.prefork import Preload, prefork_tasks\n"
+        "import os\nfrom issueops.pipeline.prefork import Preload, prefork_tasks\n"
         "with prefork_tasks(Preload((), (), ())) as server:\n"
         "    print(server.process.pid, server.call(os.getppid, lane='publish'), flush=True)\n"
         "    os._exit(0)  # no clean-up: as if the run were killed\n"
@@ -176,7 +178,7 @@ def test_preflight_checks_here_when_the_preloaded_process_is_gone(tmp_path):
 LINGERING_RUN = """
 import sys
 from kfp import dsl, local
-from issueops.prefork import Preload, prefork_tasks
+from issueops.pipeline.prefork import Preload, prefork_tasks
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from issueops.errors import Conflict, InvalidInput, NotFound
-from issueops.registry import (
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import (
     APPROVED,
     ARCHIVED,
     PENDING,
     PRODUCTION,
     REJECTED,
-    Registry,
     model_name_for,
     spec_hash,
 )
-from issueops.results import RunResult, StepTiming
+from issueops.reporting.results import RunResult, StepTiming
 
 SPEC = {
     "learning_type": "supervised",
@@ -163,7 +163,7 @@ def test_real_sklearn_model_round_trip(registry, model, tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from issueops.training import load_model
+    from issueops.training.train import load_model
 
     X, y = load_iris(return_X_y=True)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(X, y)

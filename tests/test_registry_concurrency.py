@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from issueops.errors import Conflict, NotFound
-from issueops.registry import APPROVED, ARCHIVED, Registry
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import APPROVED, ARCHIVED
 
 PROMOTERS = 6
 

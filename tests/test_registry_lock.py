@@ -11,13 +11,13 @@ import pytest
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
-from issueops.registry_lock import FileLock, LeaseLock, lease_name, registry_lock
+from issueops.registry.lock import FileLock, LeaseLock, lease_name, registry_lock
 from tests.lease_double import LeaseApiDouble
 
 HOLD_FOREVER = """
 import sys, time
 from pathlib import Path
-from issueops.registry_lock import FileLock
+from issueops.registry.lock import FileLock
 with FileLock(Path(sys.argv[1])).hold("churn"):
     print("held", flush=True)
     time.sleep(600)
@@ -125,7 +125,7 @@ def test_a_held_lease_is_renewed_so_a_long_change_keeps_it(api):
 
 
 def test_the_registry_changes_nothing_when_the_lease_cannot_be_had(api, tmp_path):
-    from issueops.registry import Registry
+    from issueops.registry.lifecycle import Registry
     from tests.test_registry import register, snapshot
 
     registry = Registry(

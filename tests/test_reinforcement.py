@@ -17,18 +17,16 @@ import pytest
 import yaml
 
 from issueops.errors import ExternalServiceError, InvalidInput, NotFound, SpecError
-from issueops.evaluate import evaluate_model
-from issueops.spec import parse_issue_body
-from issueops.training import read_manifest, train_model
-from issueops.training.reinforcement import (
-    A3C_NOTE,
-    OnnxPolicy,
+from issueops.evaluation.reinforcement import OnnxPolicy, play_episodes
+from issueops.evaluation.supervised import evaluate_model
+from issueops.spec.body import parse_issue_body
+from issueops.training.reinforcement.budget import A3C_NOTE, resolve_budget
+from issueops.training.reinforcement.environment import (
     check_environment,
-    play_episodes,
     prepare_environment,
     probe_ray_address,
-    resolve_budget,
 )
+from issueops.training.train import read_manifest, train_model
 from tests.conftest import EXAMPLES, REPO
 from tests.kube_double import ApiServerDouble
 
@@ -275,10 +273,16 @@ def test_continuous_actions_are_exported_within_the_bounds(local_ray, tmp_path):
 def test_progress_is_recorded_per_iteration(local_ray, tmp_path, store):
     spec = rl_spec("ppo", TINY_PPO.replace("training_iterations: 1", "training_iterations: 2"))
     prepare_environment(spec, tmp_path / "p")
-    from issueops.runs import RunRecord
-    from issueops.training.reinforcement import train_reinforcement
+    from issueops.pipeline.runs import RunRecord
+    from issueops.training.reinforcement.ray import train_reinforcement
 
-    manifest = train_reinforcement(spec, tmp_path / "p", tmp_path / "m", run_id="train-progress-test")
+    manifest = train_reinforcement(
+        spec,
+        tmp_path / "p",
+        tmp_path / "m",
+        run_id="train-progress-test",
+        progress=RunRecord(store, "train-progress-test"),  # what train_step hands in
+    )
     progress = RunRecord(store, "train-progress-test").read("progress.json")
     assert progress["done"] is True and progress["iteration"] == 2
     assert [row["iteration"] for row in progress["history"]] == [1, 2]
@@ -290,7 +294,7 @@ def test_progress_is_recorded_per_iteration(local_ray, tmp_path, store):
 
 
 def test_rayjob_sample_is_what_the_generator_writes():
-    from issueops.kuberay import rayjob_manifest, render_rayjob, spec_of
+    from issueops.pipeline.rayjob import rayjob_manifest, render_rayjob, spec_of
 
     spec = parse_issue_body((EXAMPLES / "ppo.yaml").read_text())
     generated = rayjob_manifest(spec, "train-20260101-000000-ppo1")
@@ -304,7 +308,7 @@ def test_rayjob_is_pinned_bounded_and_cleans_up_after_itself():
     import kubernetes_validate
     import ray
 
-    from issueops.kuberay import rayjob_manifest
+    from issueops.pipeline.rayjob import rayjob_manifest
 
     manifest = rayjob_manifest(rl_spec("ppo", "{timesteps: 1000, num_env_runners: 3}"), "Train_X-1")
     job = manifest["spec"]
@@ -346,7 +350,7 @@ def test_kuberay_rbac_lets_the_train_step_run_rayjobs_and_nothing_more():
 
 
 def test_rayjob_refuses_other_learning_types():
-    from issueops.kuberay import rayjob_manifest
+    from issueops.pipeline.rayjob import rayjob_manifest
 
     spec = parse_issue_body((EXAMPLES / "kmeans.yaml").read_text())
     with pytest.raises(InvalidInput, match="reinforcement"):
@@ -415,10 +419,10 @@ def kubeconfig_for(api: ApiServerDouble, path: Path) -> Path:
 def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(s3_store, tmp_path, monkeypatch):
     """ISSUEOPS_RL_RUNNER=rayjob: the train step applies the run's RayJob, the job trains (its own
     entrypoint, told to train where it is), and the step leaves the job's model in its output."""
-    import issueops.kuberay
-    from issueops.kuberay import rayjob_name
-    from issueops.runs import RunRecord
-    from issueops.steps import train_step
+    import issueops.pipeline.rayjob
+    from issueops.pipeline.rayjob import rayjob_name
+    from issueops.pipeline.runs import RunRecord
+    from issueops.pipeline.steps import train_step
 
     spec = rl_spec("ppo", TINY_PPO)
     run_id = "train-20260101-000000-rjob"
@@ -427,7 +431,7 @@ def test_rayjob_runner_trains_in_the_job_and_the_pipeline_gets_the_model(s3_stor
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig_for(kuberay.api, tmp_path / "kubeconfig")))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("ISSUEOPS_RL_RUNNER", "rayjob")
-        monkeypatch.setattr(issueops.kuberay, "POLL_S", 0.2)
+        monkeypatch.setattr(issueops.pipeline.rayjob, "POLL_S", 0.2)
         manifest = train_step(spec.to_json(), run_id, str(tmp_path / "p"), str(tmp_path / "m"))
     [job] = kuberay.jobs
     assert job.returncode == 0, job.stderr[-2000:]
@@ -445,8 +449,8 @@ def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(s3_store
     """The job's own step recorded the reason: that is what the pipeline says. Applied again for a
     retry, the finished job is deleted first (applying it would not run it again)."""
     from issueops.errors import IssueOpsError
-    from issueops.kuberay import train_on_rayjob
-    from issueops.runs import step_guard
+    from issueops.pipeline.rayjob import train_on_rayjob
+    from issueops.pipeline.runs import step_guard
 
     run_id = "train-20260101-000000-fail"
 
@@ -466,7 +470,7 @@ def test_a_failed_rayjob_says_why_and_a_retry_replaces_the_finished_job(s3_store
 
 def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(s3_store, tmp_path):
     from issueops.errors import Unauthorized
-    from issueops.kuberay import rayjob_name, train_on_rayjob
+    from issueops.pipeline.rayjob import rayjob_name, train_on_rayjob
     from issueops.store import LocalStore
 
     spec = rl_spec("ppo", TINY_PPO)
@@ -510,7 +514,7 @@ def test_rayjob_failures_without_a_record_timeouts_and_refusals_are_sentences(s3
 
 
 def test_unknown_rl_runner_is_refused(store, tmp_path, monkeypatch):
-    from issueops.steps import train_step
+    from issueops.pipeline.steps import train_step
 
     monkeypatch.setenv("ISSUEOPS_RL_RUNNER", "slurm")
     with pytest.raises(InvalidInput, match="ISSUEOPS_RL_RUNNER must be local or rayjob, not 'slurm'"):

@@ -10,7 +10,8 @@ import pytest
 
 from issueops.bridge.messages import question
 from issueops.errors import Conflict, InvalidInput, SpecError
-from issueops.requests import (
+from issueops.lifecycle.request_store import RequestStore
+from issueops.lifecycle.state_machine import (
     CANCELLED,
     FAILED,
     PENDING,
@@ -19,7 +20,6 @@ from issueops.requests import (
     SUCCEEDED,
     WAITING,
     OperatorInput,
-    RequestStore,
     TrainingRequest,
     apply_input,
     attempt_run_id,
@@ -32,8 +32,8 @@ from issueops.requests import (
     start_attempt,
     utcnow,
 )
-from issueops.results import RunResult
-from issueops.spec import validate_spec
+from issueops.reporting.results import RunResult
+from issueops.spec.body import validate_spec
 
 SPEC = {
     "learning_type": "supervised",
@@ -269,9 +269,9 @@ def test_the_question_says_the_timeout_as_a_person_would(seconds, said):
 
 
 def test_a_metric_reads_the_same_in_tables_in_text_and_in_notifications():
-    from issueops.judge import judge
-    from issueops.notify import Notification, render_text
-    from issueops.status import render_status
+    from issueops.evaluation.judge import judge
+    from issueops.reporting.notify.messages import Notification, render_text
+    from issueops.reporting.status import render_status
 
     verdict = judge("accuracy", 1.0, 0.9, attempt=1, max_retry=0)
     assert verdict.message == "accuracy 1 meets the threshold (>= 0.9)."
@@ -284,7 +284,7 @@ def test_a_metric_reads_the_same_in_tables_in_text_and_in_notifications():
 
 
 def test_hyperparameter_ranges_are_shown_as_typed():
-    from issueops.algorithms import ALGORITHMS
+    from issueops.spec.catalog import ALGORITHMS
 
     assert ALGORITHMS["random_forest"].param("random_state").describe() == "int >= 0 and <= 2147483647"
     assert ALGORITHMS["xgboost"].param("gamma").describe() == "float >= 0 and <= 1000000"

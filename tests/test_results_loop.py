@@ -9,8 +9,8 @@ import json
 import pytest
 
 from issueops.config import Settings
-from issueops.registry import Registry
-from issueops.status import STATUS_MARKER
+from issueops.registry.lifecycle import Registry
+from issueops.reporting.status import STATUS_MARKER
 from tests.github_double import GitHubDouble
 from tests.notify_servers import WebhookReceiver
 from tests.test_pipeline import cli

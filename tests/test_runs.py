@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from issueops.errors import DatasetError, InvalidInput
-from issueops.policy import STEP_POLICIES, StepPolicy
-from issueops.runs import RunRecord, StepTimeout, collect_result, new_run_id, step_guard
+from issueops.pipeline.policy import STEP_POLICIES, StepPolicy
+from issueops.pipeline.runs import RunRecord, StepTimeout, collect_result, new_run_id, step_guard
 
 
 def test_run_ids_follow_the_seed_and_never_collide():
@@ -50,8 +50,8 @@ def test_collect_result_from_an_empty_record(store):
 
 
 def test_training_progress_reaches_the_console_and_the_status_comment(store):
-    from issueops.execution import _StepWatcher
-    from issueops.status import StatusReport, render_step
+    from issueops.pipeline.execution import _StepWatcher
+    from issueops.reporting.status import StatusReport, render_step
 
     record = RunRecord(store, "run-5")
     seen = []
@@ -77,7 +77,7 @@ def test_a_run_reads_as_running_finished_or_interrupted_from_its_owner_process(s
     import socket
     import subprocess
 
-    from issueops.runs import INTERRUPTED, RunOwner, RunState, mark_finished, mark_owner, run_state
+    from issueops.pipeline.runs import INTERRUPTED, RunOwner, RunState, mark_finished, mark_owner, run_state
 
     assert run_state(store, "run-6") is RunState.UNKNOWN  # no owner recorded: a cluster run
     mark_owner(store, "run-6")

@@ -35,10 +35,16 @@ def free_port() -> int:
 def train_and_register(body: str) -> dict:
     """The pipeline's own steps, without KFP: prepare, train, evaluate, judge, register."""
     from issueops.config import Settings
-    from issueops.execution import start_request
-    from issueops.runs import new_run_id
-    from issueops.spec import parse_issue_body
-    from issueops.steps import evaluate_step, judge_step, prepare_data_step, register_step, train_step
+    from issueops.pipeline.execution import start_request
+    from issueops.pipeline.runs import new_run_id
+    from issueops.pipeline.steps import (
+        evaluate_step,
+        judge_step,
+        prepare_data_step,
+        register_step,
+        train_step,
+    )
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
     spec = parse_issue_body(body)
@@ -78,16 +84,17 @@ def world(tmp_path_factory):
             "ISSUEOPS_MANUAL_APPROVAL",
         ):
             patch.delenv(name, raising=False)
-        from issueops.packaging import deploy_step, package_step
-        from issueops.registry import Registry
+        from issueops.pipeline.steps import deploy_step, package_step, promote_step
+        from issueops.registry.lifecycle import Registry
 
         runs = {
             "rf1": train_and_register(RF_BODY.format(n=10, extra="")),
             "rf2": train_and_register(RF_BODY.format(n=30, extra="")),
             "mlp1": train_and_register(MLP_BODY),
         }
-        for key in runs:  # the pipeline's order: production moves at deploy, once packaged
+        for key in runs:  # the pipeline's order: production moves at promote, once packaged
             package_step(runs[key]["run_id"])
+            promote_step(runs[key]["run_id"])
             deploy_step(runs[key]["run_id"])
         yield {"home": home, "runs": runs, "registry": Registry.from_settings()}
 
@@ -165,7 +172,7 @@ def wait_for_version(server, model, array, datatype, version: str, timeout: floa
 
 
 def test_random_forest_answers_over_http_and_grpc_like_the_model(world, server):
-    from issueops.training import load_model
+    from issueops.training.train import load_model
 
     features = features_of(world, "rf2")
     model = load_model(world["home"] / "store" / "models" / world["runs"]["rf2"]["run_id"])
@@ -180,7 +187,7 @@ def test_random_forest_answers_over_http_and_grpc_like_the_model(world, server):
 
 
 def test_mlp_answers_over_http_and_grpc_like_the_model(world, server):
-    from issueops.training import load_model
+    from issueops.training.train import load_model
 
     features = features_of(world, "mlp1")
     model = load_model(world["home"] / "store" / "models" / world["runs"]["mlp1"]["run_id"])
@@ -649,7 +656,7 @@ def test_port_in_use_is_a_clear_error(world, server):
 def test_rollback_and_approvals_move_the_served_version_without_restart(world, server):
     """Rollback to 1; a corrupt version 3 and an unpackaged version 4 are refused while 1 keeps
     serving; packaging 4 lets it in. The server process is the same throughout."""
-    from issueops.packaging import package_step
+    from issueops.pipeline.steps import package_step
 
     registry, store_root = world["registry"], world["home"] / "store"
     rows = features_of(world, "rf2").to_numpy(np.float64)[:4]
@@ -710,8 +717,8 @@ def test_package_cli_writes_a_triton_repository(world, tmp_path):
 
 def test_deploy_step_records_the_local_endpoint(world):
     from issueops.config import Settings
-    from issueops.packaging import deploy_step
-    from issueops.runs import RunRecord, collect_result
+    from issueops.pipeline.runs import RunRecord, collect_result
+    from issueops.pipeline.steps import deploy_step
     from issueops.store import open_store
 
     run_id = world["runs"]["mlp1"]["run_id"]

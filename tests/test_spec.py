@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from issueops.algorithms import ALGORITHMS, check_hyperparameters
 from issueops.errors import SpecError
-from issueops.spec import MAX_BODY_BYTES, parse_issue_body
+from issueops.spec.body import MAX_BODY_BYTES, parse_issue_body
+from issueops.spec.catalog import ALGORITHMS, check_hyperparameters
 
 RF = """learning_type: supervised
 algorithm: random_forest
@@ -147,7 +147,7 @@ def test_adjusted_hyperparameters_merge_and_validate():
 
 
 def test_readme_algorithm_table_matches_the_catalog():
-    from issueops.catalog_docs import algorithm_table
+    from issueops.spec.catalog_docs import algorithm_table
     from tests.conftest import REPO
 
     assert algorithm_table() in (REPO / "README.md").read_text(), "run: issueops algorithms --markdown"

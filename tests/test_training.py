@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from issueops.evaluate import EvaluationResult, evaluate_model
-from issueops.judge import judge
-from issueops.prepare import prepare_data
-from issueops.spec import parse_issue_body
-from issueops.training import load_model, train_model
+from issueops.data.prepare import prepare_data
+from issueops.evaluation.judge import judge
+from issueops.evaluation.supervised import EvaluationResult, evaluate_model
+from issueops.spec.body import parse_issue_body
+from issueops.training.train import load_model, train_model
 
 
 def run_steps(settings, store, tmp_path, body):

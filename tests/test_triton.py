@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from issueops import tensorrt, triton
 from issueops.errors import InvalidInput, NotFound, Unavailable
-from issueops.export import TensorSpec, export_model
+from issueops.packaging import tensorrt, triton
+from issueops.packaging.onnx import export_model
+from issueops.packaging.onnx_parity import TensorSpec
 from tests.conftest import REPO
 
 
@@ -31,10 +32,10 @@ def parses_as_model_config(text: str):
 def exported(tmp_path_factory):
     """A random forest (breast cancer) and an MLP (wine) trained and exported, with their packages' parameters."""
     from issueops.config import Settings
-    from issueops.prepare import PreparedData, prepare_data
-    from issueops.spec import parse_issue_body
+    from issueops.data.prepare import PreparedData, prepare_data
+    from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
-    from issueops.training import train_model
+    from issueops.training.train import train_model
 
     root = tmp_path_factory.mktemp("triton")
     with pytest.MonkeyPatch.context() as patch:
@@ -274,7 +275,7 @@ def test_a_published_plan_rewrites_the_gpu_repository(exported, store, tmp_path)
     )
     assert cpu.platform == "onnxruntime_onnx"  # the CPU repository is untouched
 
-    from issueops.kserve import Placement
+    from issueops.serving.kserve import Placement
 
     placement = Placement.for_package(triton.read_package(store, "wine-mlp", 2), "gpu")
     assert placement == Placement("gpu", True, "NVIDIA-L4")

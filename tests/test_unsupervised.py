@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from issueops.data.prepare import prepare_data
 from issueops.errors import SpecError
-from issueops.evaluate import evaluate_model
-from issueops.judge import judge
-from issueops.prepare import prepare_data
-from issueops.spec import parse_issue_body
-from issueops.training import load_model, read_manifest, train_model
+from issueops.evaluation.judge import judge
+from issueops.evaluation.supervised import evaluate_model
+from issueops.spec.body import parse_issue_body
+from issueops.training.train import load_model, read_manifest, train_model
 from tests.conftest import EXAMPLES, REPO
 
 CLUSTER_METRICS = {"silhouette", "davies_bouldin", "calinski_harabasz"}

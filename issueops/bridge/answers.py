@@ -20,7 +20,8 @@ from typing import Any
 from issueops.config import Settings
 from issueops.errors import InvalidInput, Unauthorized
 from issueops.github import GitHubClient
-from issueops.requests import PHASES, AttemptRecord, OperatorInput, RequestStore, TrainingRequest, adjustable
+from issueops.lifecycle.request_store import RequestStore
+from issueops.lifecycle.state_machine import PHASES, AttemptRecord, OperatorInput, TrainingRequest, adjustable
 
 ANSWERS = ("retrain", "approve", "cancel")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from issueops.config import Settings
 from issueops.errors import IssueOpsError
 from issueops.logs import mask
-from issueops.runs import RunRecord, utcnow
-from issueops.spec import TrainingSpec
+from issueops.pipeline.runs import RunRecord, utcnow
+from issueops.spec.body import TrainingSpec
 from issueops.store import open_store
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     done = settings.home / "attempts" / f"{args.run_id}.exit"
     code = 1
     try:
-        from issueops.execution import run_local
+        from issueops.pipeline.execution import run_local
 
         spec = TrainingSpec.from_json(Path(args.spec_file).read_text())
         result = run_local(

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError
-from issueops.spec import TrainingSpec
+from issueops.spec.body import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class KfpRunBackend:
         return runs[0].run_id if runs else None
 
     def submit(self, run_id, spec, *, attempt, issue, repository) -> str:
-        from pipelines.training import training_pipeline
+        from issueops.pipeline.graph import training_pipeline
 
         try:
             found = self._find(run_id)

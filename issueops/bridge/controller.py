@@ -19,7 +19,7 @@ from issueops.bridge.backends import LOST, RUNNING, RunBackend
 from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError
 from issueops.github import GitHubClient, RetryPolicy
-from issueops.requests import (
+from issueops.lifecycle.state_machine import (
     PENDING,
     SUCCEEDED,
     WAITING,
@@ -36,12 +36,10 @@ from issueops.requests import (
     start_attempt,
     utcnow,
 )
-from issueops.requests import (
-    RUNNING as PHASE_RUNNING,
-)
-from issueops.results import RunResult, StepTiming, after_rollback, production_after
-from issueops.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
-from issueops.status import ConsoleSink, GitHubCommentSink, render_status
+from issueops.lifecycle.state_machine import RUNNING as PHASE_RUNNING
+from issueops.pipeline.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
+from issueops.reporting.results import RunResult, StepTiming, after_rollback, production_after
+from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
 from issueops.store import open_store
 
 log = logging.getLogger(__name__)
@@ -135,14 +133,14 @@ class RegistryActions:
         self.settings = settings
 
     def _registry(self):
-        from issueops.registry import Registry
+        from issueops.registry.lifecycle import Registry
 
         return Registry.from_settings(self.settings)
 
     def model_name(self, request: TrainingRequest) -> str:
         if request.model_name:
             return request.model_name
-        from issueops.registry import model_name_for
+        from issueops.registry.names import model_name_for
 
         return model_name_for(request.spec.to_dict())
 

@@ -16,7 +16,7 @@ from typing import Any
 from issueops.bridge.messages import is_own_comment
 from issueops.errors import SpecError
 from issueops.monitoring.proposal_ref import APPROVE_COMMAND
-from issueops.spec import extract_document, has_key_line
+from issueops.spec.body import extract_document, has_key_line
 
 TRAIN_LABEL = "mlops:train"
 APPROVE_RETRAIN = APPROVE_COMMAND.lstrip("/")

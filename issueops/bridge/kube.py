@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from issueops.bridge import messages
-from issueops.crd import GROUP, KIND, PLURAL, VERSION
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, NotFound, Unauthorized
-from issueops.requests import (
-    OperatorInput,
-    TrainingRequest,
-    apply_input,
-    request_name,
-)
-from issueops.spec import TrainingSpec
+from issueops.lifecycle.crd import GROUP, KIND, PLURAL, VERSION
+from issueops.lifecycle.state_machine import OperatorInput, TrainingRequest, apply_input, request_name
+from issueops.spec.body import TrainingSpec
 
 REPOSITORY_LABEL = f"{GROUP}/repository"
 ISSUE_LABEL = f"{GROUP}/issue"
@@ -70,7 +65,7 @@ class KubernetesBook:
     def from_env(cls) -> KubernetesBook:
         from kubernetes import client
 
-        from issueops.custom_resources import api_client
+        from issueops.lifecycle.custom_resources import api_client
 
         api = client.CustomObjectsApi(api_client("ISSUEOPS_BRIDGE_MODE=cluster"))
         namespace = os.environ.get("ISSUEOPS_NAMESPACE")

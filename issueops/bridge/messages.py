@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from issueops.algorithms import ALGORITHMS, METRICS
-from issueops.requests import TrainingRequest, adjustable
-from issueops.results import RunResult, format_seconds, production_score
-from issueops.status import QUESTION_MARKER, cell, format_value
+from issueops.lifecycle.state_machine import TrainingRequest, adjustable
+from issueops.reporting.results import RunResult, format_seconds, production_score
+from issueops.reporting.status import QUESTION_MARKER, cell, format_value
+from issueops.spec.catalog import ALGORITHMS, METRICS
 
 REPLY_MARKER = "<!-- issueops:reply -->"
 NOTICE_MARKER = "<!-- issueops:notice -->"

@@ -17,7 +17,7 @@ from multiprocessing.pool import Pool
 from typing import Any
 
 from issueops.errors import SpecError
-from issueops.spec import extract_document
+from issueops.spec.body import extract_document
 
 READ_TIMEOUT_S = 10.0
 BIG_PAYLOAD_BYTES = 32 * 1024  # smaller payloads decode in well under a millisecond here

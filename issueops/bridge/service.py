@@ -25,13 +25,11 @@ from issueops.bridge.reader import read_document, read_payload
 from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueOpsError, NotFound
 from issueops.github import GitHubClient
-from issueops.monitoring import metrics
-from issueops.monitoring.proposal_ref import APPROVE_COMMAND, PROPOSAL_LABEL, check_proposal_spec
-from issueops.requests import (
+from issueops.lifecycle.request_store import RequestStore
+from issueops.lifecycle.state_machine import (
     PENDING,
     RUNNING,
     OperatorInput,
-    RequestStore,
     TrainingRequest,
     counted,
     new_request,
@@ -39,8 +37,10 @@ from issueops.requests import (
     run_failed,
     starts_new_request,
 )
-from issueops.runs import observe_run
-from issueops.spec import TrainingSpec, validate_spec
+from issueops.monitoring import metrics
+from issueops.monitoring.proposal_ref import APPROVE_COMMAND, PROPOSAL_LABEL, check_proposal_spec
+from issueops.pipeline.runs import observe_run
+from issueops.spec.body import TrainingSpec, validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class LocalBook:
 
     def check(self, spec: TrainingSpec) -> None:
         """The dataset (or environment) must exist before a request is accepted."""
-        from issueops.execution import preflight
+        from issueops.pipeline.execution import preflight
 
         preflight(spec, self.settings, self.controller.store)
 

@@ -116,12 +116,12 @@ def read_body(path: str) -> str:
 
 
 def cmd_validate(args) -> int:
-    from issueops.spec import parse_issue_body
+    from issueops.spec.body import parse_issue_body
 
     check_inputs = None
     if not args.spec_only:
         from issueops.config import Settings
-        from issueops.execution import preflight
+        from issueops.pipeline.execution import preflight
         from issueops.store import open_store
 
         settings = Settings.from_env()
@@ -140,8 +140,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from issueops.execution import run_with_status
-    from issueops.spec import parse_issue_body
+    from issueops.pipeline.execution import run_with_status
+    from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body(read_body(args.file))
     if args.attempt < 1:
@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
 
 
 def render_summary(result) -> str:
-    from issueops.results import format_value
+    from issueops.reporting.results import format_value
 
     lines = [
         f"run        {result.run_id}",
@@ -196,8 +196,8 @@ def render_summary(result) -> str:
 
 
 def cmd_algorithms(args) -> int:
-    from issueops.algorithms import ALGORITHMS
-    from issueops.catalog_docs import algorithm_table
+    from issueops.spec.catalog import ALGORITHMS
+    from issueops.spec.catalog_docs import algorithm_table
 
     if args.markdown:
         print(algorithm_table())
@@ -213,7 +213,7 @@ def cmd_algorithms(args) -> int:
 def cmd_compile(args) -> int:
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
+    from issueops.pipeline.graph import training_pipeline
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

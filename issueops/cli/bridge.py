@@ -49,8 +49,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_serve(args) -> int:
-    from issueops.bridge import open_bridge
     from issueops.bridge.webhook import HttpServer, make_app
+    from issueops.bridge.wiring import open_bridge
     from issueops.config import Settings
 
     secret = os.environ.get("GITHUB_WEBHOOK_SECRET")
@@ -75,8 +75,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_poll(args) -> int:
-    from issueops.bridge import open_bridge
     from issueops.bridge.poll import GitHubAskedToWait, Poller
+    from issueops.bridge.wiring import open_bridge
     from issueops.config import Settings
 
     if args.interval < 1:

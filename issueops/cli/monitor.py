@@ -136,7 +136,7 @@ def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) 
             settings = Settings.from_env()
             store = store or open_store(settings)
             if registry is None:
-                from issueops.registry import Registry
+                from issueops.registry.lifecycle import Registry
 
                 registry = Registry.from_settings(settings)
         if args.monitor_command == "serve":
@@ -244,8 +244,8 @@ def _check(args, registry, store):
     """`check`: the triggers; exit 1 when GitHub failed (the proposals are in the store then)."""
     from issueops.config import Settings
     from issueops.github import configured_client
-    from issueops.history import history_branch
     from issueops.monitoring.triggers import TriggerPolicy, check_triggers
+    from issueops.reporting.history import history_branch
 
     policy = TriggerPolicy(
         drift_window=args.drift_window,

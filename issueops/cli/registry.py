@@ -1,6 +1,6 @@
 """`issueops registry ...`: list, show, approve, archive, reject, roll back and audit models.
 
-Each action is a few lines over issueops.registry.Registry; `--json` prints one JSON document.
+Each action is a few lines over issueops.registry.lifecycle.Registry; `--json` prints one JSON document.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run_registry_command(args: argparse.Namespace, registry=None) -> int:
     """Run one `registry` action; errors are a short sentence on stderr and their exit code."""
     try:
         if registry is None:
-            from issueops.registry import Registry
+            from issueops.registry.lifecycle import Registry
 
             registry = Registry.from_settings()
         data, text = _ACTIONS[args.registry_command](registry, args)

@@ -57,7 +57,7 @@ def _guarded(run) -> int:
 
 def cmd_package(args) -> int:
     def run() -> int:
-        from issueops.packaging import package_model
+        from issueops.packaging.package import package_model
 
         result = package_model(args.model, args.version, repo=args.repo)
         if args.json:
@@ -80,7 +80,7 @@ def cmd_package(args) -> int:
 
 def cmd_serve(args) -> int:
     def run() -> int:
-        from issueops.serving import serve
+        from issueops.serving.server import serve
 
         serve(
             args.model,

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from issueops.algorithms import METRICS
 from issueops.errors import InvalidInput
+from issueops.spec.catalog import METRICS
 from issueops.store import ObjectStore
 
 from .drift import MIN_ROWS, WindowTooSmall

@@ -303,7 +303,7 @@ def reference_outputs(
     """The exported graph's outputs on `frame` (e.g. the test split), by output name."""
     import onnxruntime as ort
 
-    from issueops.export import onnx_feeds
+    from issueops.packaging.onnx_parity import onnx_feeds
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     double = any(i.type == "tensor(double)" for i in session.get_inputs())

@@ -26,7 +26,7 @@ import yaml
 
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError, SpecError
 from issueops.github import GitHubClient, Issue
-from issueops.spec import InputCheck, TrainingSpec, parse_issue_body, validate_spec
+from issueops.spec.body import InputCheck, TrainingSpec, parse_issue_body, validate_spec
 from issueops.store import ObjectStore
 
 from .payloads import MONITORING_PREFIX, InferenceLog

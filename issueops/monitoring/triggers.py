@@ -232,7 +232,7 @@ class ProductionModel:
 
 def production_model(store: ObjectStore, registry, model: str, version: int) -> ProductionModel:
     """What the registry and the run's record say about a production version."""
-    from issueops.runs import RunRecord
+    from issueops.pipeline.runs import RunRecord
 
     info = registry.version(model, version)
     since = None
@@ -534,7 +534,7 @@ def _performance_evidence(report: PerformanceReport) -> str:
 
 def evaluate_schedule(production: ProductionModel, now: datetime) -> TriggerResult:
     """The spec's retrain_every has passed since the version went to production."""
-    from issueops.spec import retrain_every_seconds
+    from issueops.spec.body import retrain_every_seconds
 
     every = (production.spec or {}).get("retrain_every")
     seconds = retrain_every_seconds(every)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from issueops import triton
 from issueops.errors import InvalidInput
-from issueops.export import TensorSpec
+from issueops.packaging import triton
+from issueops.packaging.onnx_parity import TensorSpec
 
 log = logging.getLogger("issueops.serving")
 

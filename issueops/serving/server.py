@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from issueops import triton
 from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
+from issueops.packaging import triton
 from issueops.store import ObjectStore, open_store
 
 log = logging.getLogger("issueops.serving")
@@ -316,7 +316,7 @@ def _serve_process(
     )
     store = open_store(settings)
     if source is None:
-        from issueops.registry import Registry
+        from issueops.registry.lifecycle import Registry
 
         source = RegistrySource(Registry.from_settings(settings))
     poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))

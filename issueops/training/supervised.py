@@ -8,9 +8,9 @@ import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from issueops.algorithms import resolved_hyperparameters
-from issueops.prepare import PreparedData
-from issueops.spec import TrainingSpec
+from issueops.data.prepare import PreparedData
+from issueops.spec.body import TrainingSpec
+from issueops.spec.catalog import resolved_hyperparameters
 
 
 def make_estimator(spec: TrainingSpec, params: dict[str, Any], n_jobs: int):

@@ -1,0 +1,1 @@
+"""Datasets: where a spec's data comes from (sources.py) and the prepare_data stage (prepare.py)."""

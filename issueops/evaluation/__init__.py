@@ -1,0 +1,1 @@
+"""Evaluation of every learning type (metrics and plots) and the judge that decides pass or fail."""

@@ -1,0 +1,1 @@
+"""Packaging a registered version: ONNX export, the Triton model repository, TensorRT engines."""

@@ -1,0 +1,33 @@
+"""Per-step timeouts and retries, the seed's figures, applied to KFP tasks and the local runner alike."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    timeout_s: int
+    retries: int
+
+
+STEP_POLICIES: dict[str, StepPolicy] = {
+    "prepare_data": StepPolicy(15 * 60, 3),
+    "train": StepPolicy(60 * 60, 1),
+    "evaluate": StepPolicy(15 * 60, 3),
+    "judge": StepPolicy(5 * 60, 0),
+    "register": StepPolicy(10 * 60, 3),
+    "package": StepPolicy(20 * 60, 1),
+    "build_tensorrt_engine": StepPolicy(30 * 60, 1),
+    "promote": StepPolicy(10 * 60, 3),
+    "deploy": StepPolicy(10 * 60, 3),
+    "rollback": StepPolicy(10 * 60, 3),
+    "write_history": StepPolicy(5 * 60, 3),
+    "notify": StepPolicy(5 * 60, 3),
+}
+
+
+def retry_backoff() -> str:
+    """First retry delay; KFP doubles it each time. ISSUEOPS_RETRY_BACKOFF overrides (e.g. '0s')."""
+    return os.environ.get("ISSUEOPS_RETRY_BACKOFF", "30s")

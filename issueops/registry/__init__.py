@@ -1,0 +1,1 @@
+"""The MLflow model registry, split along its seams: names, tracking, lifecycle, audit; and the registry lock."""

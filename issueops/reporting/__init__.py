@@ -1,0 +1,1 @@
+"""Reporting a run: the status comment, run history, run results and notifications."""
