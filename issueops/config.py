@@ -62,6 +62,7 @@ class Settings:
     registry_lock: str = "auto"  # auto | file | lease: how changes to one model are serialised
     registry_lock_wait_s: float = 120.0
     namespace: str = "issueops"
+    serving: str = "local"  # ISSUEOPS_SERVING: local (`issueops serve`) or kserve (an InferenceService per model)
     in_cluster: bool = False
     payload_log: str | None = None  # ISSUEOPS_PAYLOAD_LOG as given: `issueops serve` checks it
     serve_url: str = DEFAULT_SERVE_URL  # ISSUEOPS_SERVE_URL: where `issueops serve` answers
@@ -103,6 +104,7 @@ class Settings:
             registry_lock=_env("ISSUEOPS_REGISTRY_LOCK", "auto").lower(),
             registry_lock_wait_s=_seconds("ISSUEOPS_REGISTRY_LOCK_WAIT", 120.0),
             namespace=_env("ISSUEOPS_NAMESPACE", "issueops"),
+            serving=_env("ISSUEOPS_SERVING", "local").lower(),
             in_cluster=_env("KUBERNETES_SERVICE_HOST") is not None,
             payload_log=_env("ISSUEOPS_PAYLOAD_LOG"),
             serve_url=_env("ISSUEOPS_SERVE_URL", DEFAULT_SERVE_URL).rstrip("/"),
