@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from issueops.errors import DatasetError, InvalidInput
+from issueops.errors import Conflict, DatasetError, ExternalServiceError, InvalidInput, NotFound
 from issueops.pipeline.policy import STEP_POLICIES, StepPolicy
 from issueops.pipeline.runs import RunRecord, StepTimeout, collect_result, new_run_id, step_guard
 
@@ -34,6 +34,71 @@ def test_a_retry_of_bad_input_fails_at_once_with_the_same_reason(store):
             calls.append(1)
             raise DatasetError("the dataset has 3 usable rows; at least 20 are needed.")
     assert calls == [1]  # the work ran once; the retries did not repeat it
+
+
+def test_a_not_found_in_a_step_is_recorded_as_not_found_and_retried(store):
+    calls = []
+    for _ in range(3):
+        with pytest.raises(NotFound, match="no version 7"), step_guard(store, "run-8", "deploy"):
+            calls.append(1)
+            raise NotFound("Model iris has no version 7.")
+    assert calls == [1, 1, 1]  # each retry ran the step again: the version may yet appear
+    error = RunRecord(store, "run-8").error()
+    assert (error["kind"], error["exit_code"], error["retry"]) == ("NotFound", 2, True)
+
+
+def test_a_retry_of_a_conflict_fails_at_once_as_a_conflict(store):
+    calls = []
+    for _ in range(2):
+        with (
+            pytest.raises(Conflict, match="is in production") as raised,
+            step_guard(store, "run-9", "promote"),
+        ):
+            calls.append(1)
+            raise Conflict("Version 2 of iris is in production.")
+        assert not isinstance(raised.value, InvalidInput)
+    assert calls == [1]
+
+
+def test_a_finished_run_reports_a_step_s_not_found_as_not_found(tmp_path):
+    from issueops.pipeline.execution import run_failure
+
+    error = {
+        "step": "deploy",
+        "kind": "NotFound",
+        "lineage": ["NotFound", "IssueOpsError"],
+        "exit_code": 2,
+        "retry": True,
+        "problems": ["Model iris has no version 7."],
+    }
+    failure = run_failure("run-10", error, "error", tmp_path / "run.log")
+    assert type(failure) is NotFound and failure.problems == ["Model iris has no version 7."]
+    assert failure.exit_code == 2  # what `issueops run` exits with
+
+
+def test_a_failed_step_of_a_kind_this_process_never_loaded_is_rebuilt_as_its_nearest_kind(tmp_path):
+    from issueops.pipeline.execution import run_failure
+
+    error = {
+        "step": "package",
+        "kind": "SomeoneElsesConflict",
+        "lineage": ["SomeoneElsesConflict", "Conflict", "IssueOpsError"],
+        "retry": False,
+        "problems": ["The model cannot be served."],
+    }
+    assert type(run_failure("run-11", error, "error", tmp_path / "run.log")) is Conflict
+
+
+def test_a_failed_step_of_ours_is_told_with_its_run_step_and_log(tmp_path):
+    from issueops.pipeline.execution import run_failure
+
+    error = {"step": "train", "kind": "RuntimeError", "retry": True, "problems": ["RuntimeError: disk full"]}
+    failure = run_failure("run-12", error, "error", tmp_path / "run.log")
+    assert type(failure) is ExternalServiceError
+    assert (
+        str(failure)
+        == f"Run run-12 failed in step train: RuntimeError: disk full (log: {tmp_path / 'run.log'})."
+    )
 
 
 def test_step_timeout_is_enforced_locally(store, monkeypatch):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from issueops.config import Settings
-from issueops.errors import ExternalServiceError, InvalidInput
+from issueops.errors import ExternalServiceError, IssueOpsError, error_kind, recorded_error
 from issueops.pipeline.prefork import ServerGone, active_server, prefork_tasks, preload_for
 from issueops.pipeline.runs import (
     RunRecord,
@@ -125,15 +125,28 @@ def run_local(
                     watcher.stop()
     result = collect_result(store, run_id)
     result.artifacts["log"] = str(log_path)
-    error = RunRecord(store, run_id).error()
-    if error and error.get("exit_code") == 2:
-        raise InvalidInput(error["problems"][0], problems=error["problems"])
-    if result.decision in ("unknown", "error"):
+    failure = run_failure(run_id, RunRecord(store, run_id).error(), result.decision, log_path)
+    if failure:
+        raise failure
+    return result
+
+
+def run_failure(run_id: str, error: dict | None, decision: str, log_path: Path) -> IssueOpsError | None:
+    """What a finished local run raises, from its record's error.json and its decision.
+
+    An error whose class has an answer of its own (bad input, a missing model, a conflict)
+    reaches the caller as that kind, with the step's sentences; a failure of ours or of a service
+    (the base answer, ExternalServiceError) is told with its run, step and log."""
+    if error:
+        kind = error_kind(error.get("lineage") or [error.get("kind", "")])
+        if not issubclass(kind, ExternalServiceError) and kind.answer != IssueOpsError.answer:
+            return recorded_error(error.get("lineage") or [error["kind"]], error["problems"])
+    if decision in ("unknown", "error"):
         reason = "; ".join(error["problems"]) if error else "the pipeline stopped without a decision"
-        raise ExternalServiceError(
+        return ExternalServiceError(
             f"Run {run_id} failed in step {error['step'] if error else '?'}: {reason} (log: {log_path})."
         )
-    return result
+    return None
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from issueops.errors import InvalidInput, IssueOpsError
+from issueops.errors import IssueOpsError, lineage, recorded_error
 from issueops.logs import configure_logging, log_context, mask
 from issueops.monitoring import metrics
 from issueops.pipeline.policy import STEP_POLICIES
@@ -219,9 +219,10 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
 @contextmanager
 def _guarded(record: RunRecord, name: str) -> Iterator[None]:
     earlier = record.error()
-    if earlier and earlier.get("step") == name and earlier.get("exit_code") == 2:
-        # A retry cannot fix bad input: fail at once with the same explanation.
-        raise InvalidInput(earlier["problems"][0], problems=earlier["problems"])
+    if earlier and earlier.get("step") == name and not earlier.get("retry", True):
+        # The error's kind says a retry cannot fix it (bad input, a conflict): fail at once
+        # with the same kind and the same explanation.
+        raise recorded_error(earlier.get("lineage") or [earlier["kind"]], earlier["problems"])
     started = time.monotonic()
     record.write(f"steps/{name}.json", {"name": name, "status": "running", "started_at": utcnow()})
     policy = STEP_POLICIES.get(name)
@@ -244,12 +245,15 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
         record.write(f"steps/{name}.json", status)
         _log_step_end(name, status)
         problems = exc.problems if isinstance(exc, IssueOpsError) else [f"{type(exc).__name__}: {exc}"]
+        answer = exc.outcome() if isinstance(exc, IssueOpsError) else IssueOpsError.answer
         record.write(
             "error.json",
             {
                 "step": name,
                 "kind": type(exc).__name__,
-                "exit_code": getattr(exc, "exit_code", 1),
+                "lineage": lineage(exc),
+                "exit_code": answer.exit_code,
+                "retry": answer.step_retry,
                 "problems": [mask(str(p)) for p in problems],
                 "time": utcnow(),
             },
