@@ -1,6 +1,8 @@
 """The `issueops` command. Each subcommand is a few lines over the library.
 
-Exit codes: 0 pass (or success), 3 retrain, 4 fail, 2 invalid input, 1 internal error.
+Exit codes: 0 pass (or success), 3 retrain, 4 fail; an error exits with its kind's code
+(issueops.errors.ANSWERS: 2 for input, a missing thing, a conflict; 1 for a failure), 141 when
+the reader went away, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from issueops.errors import InvalidInput, IssueOpsError
-from issueops.logs import configure_logging, mask
+from issueops.cli.exits import answered
+from issueops.errors import InvalidInput
+from issueops.logs import configure_logging
 
 EXIT_BY_DECISION = {"pass": 0, "retrain": 3, "fail": 4}
 MAX_SPEC_FILE_BYTES = 1024 * 1024
@@ -26,30 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")),
         service=f"issueops-{args.command}",
     )
-    try:
-        code = args.handler(args)
-        sys.stdout.flush()  # a reader that went away shows here, inside this handler
-        return code
-    except BrokenPipeError:
-        # `issueops ... | head`: stop quietly, as a command stopped by SIGPIPE does. stdout goes
-        # to /dev/null so that the interpreter's last flush does not complain once more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + 13  # SIGPIPE
-    except IssueOpsError as exc:
-        for problem in exc.problems:
-            print(mask(str(problem)), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug of ours: one line for the user, the traceback only on request
-        if os.environ.get("ISSUEOPS_DEBUG"):
-            raise
-        print(
-            f"internal error: {mask(f'{type(exc).__name__}: {exc}')} (set ISSUEOPS_DEBUG=1 for details)",
-            file=sys.stderr,
-        )
-        return 1
+    return answered(args.handler)(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from issueops.errors import InvalidInput, IssueOpsError
+from issueops.cli.exits import answered
+from issueops.errors import InvalidInput
 from issueops.logs import mask
 
 RECEIVER_PORT = 8080
@@ -126,26 +127,22 @@ def _duration_arg(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
 
 
+@answered
 def run_monitor_command(args: argparse.Namespace, *, registry=None, store=None) -> int:
     """Run one `monitor` action; errors are a short sentence on stderr and their exit code."""
-    try:
-        if store is None or registry is None:
-            from issueops.config import Settings
-            from issueops.store import open_store
+    if store is None or registry is None:
+        from issueops.config import Settings
+        from issueops.store import open_store
 
-            settings = Settings.from_env()
-            store = store or open_store(settings)
-            if registry is None:
-                from issueops.registry.lifecycle import Registry
+        settings = Settings.from_env()
+        store = store or open_store(settings)
+        if registry is None:
+            from issueops.registry.lifecycle import Registry
 
-                registry = Registry.from_settings(settings)
-        if args.monitor_command == "serve":
-            return _serve(args, store)
-        data, text, *code = _ACTIONS[args.monitor_command](args, registry, store)
-    except IssueOpsError as err:
-        for problem in err.problems:
-            print(mask(str(problem)), file=sys.stderr)
-        return err.exit_code
+            registry = Registry.from_settings(settings)
+    if args.monitor_command == "serve":
+        return _serve(args, store)
+    data, text, *code = _ACTIONS[args.monitor_command](args, registry, store)
     print(json.dumps(data, indent=2, default=str) if args.json else text)
     return code[0] if code else 0
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
-from issueops.errors import IssueOpsError
-from issueops.logs import mask
+from issueops.cli.exits import answered
 
 
 def add_registry_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,18 +47,14 @@ def actor() -> str:
     return os.environ.get("ISSUEOPS_ACTOR") or os.environ.get("USER") or "unknown"
 
 
+@answered
 def run_registry_command(args: argparse.Namespace, registry=None) -> int:
     """Run one `registry` action; errors are a short sentence on stderr and their exit code."""
-    try:
-        if registry is None:
-            from issueops.registry.lifecycle import Registry
+    if registry is None:
+        from issueops.registry.lifecycle import Registry
 
-            registry = Registry.from_settings()
-        data, text = _ACTIONS[args.registry_command](registry, args)
-    except IssueOpsError as err:
-        for problem in err.problems:
-            print(mask(str(problem)), file=sys.stderr)
-        return err.exit_code
+        registry = Registry.from_settings()
+    data, text = _ACTIONS[args.registry_command](registry, args)
     print(json.dumps(data, indent=2, default=str) if args.json else text)
     return 0
 

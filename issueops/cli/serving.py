@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from issueops.errors import IssueOpsError
-from issueops.logs import configure_logging, mask
+from issueops.cli.exits import answered
+from issueops.config import Settings
+from issueops.logs import configure_logging
 
 
 def add_serving_parser(subparsers) -> None:
@@ -46,54 +46,39 @@ def add_serving_parser(subparsers) -> None:
     serve.set_defaults(handler=cmd_serve)
 
 
-def _guarded(run) -> int:
-    try:
-        return run()
-    except IssueOpsError as exc:
-        for problem in exc.problems:
-            print(mask(str(problem)), file=sys.stderr)
-        return exc.exit_code
-
-
 def cmd_package(args) -> int:
-    def run() -> int:
-        from issueops.packaging.package import package_model
+    from issueops.packaging.package import package_model
 
-        result = package_model(args.model, args.version, repo=args.repo)
-        if args.json:
-            print(json.dumps(result.to_dict(), indent=2, default=str))
-            return 0
-        parity = result.export["parity"]
-        diffs = ", ".join(f"{k} {v:.1e}" for k, v in parity["max_abs_diff"].items())
-        labels = " labels identical," if parity.get("labels_identical") else ""
-        tensors = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in result.export["inputs"])
-        print(f"packaged   {result.model} version {result.version} (run {result.run_id})")
-        print(f"parity     {parity['rows']} test rows,{labels} max difference {diffs}")
-        print(f"inputs     {tensors}")
-        print(f"repository {result.repository}")
-        for target, uri in result.targets.items():
-            print(f"{target + ' repo':<10} {uri}")
+    result = package_model(args.model, args.version, repo=args.repo)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
-
-    return _guarded(run)
+    parity = result.export["parity"]
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in parity["max_abs_diff"].items())
+    labels = " labels identical," if parity.get("labels_identical") else ""
+    tensors = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in result.export["inputs"])
+    print(f"packaged   {result.model} version {result.version} (run {result.run_id})")
+    print(f"parity     {parity['rows']} test rows,{labels} max difference {diffs}")
+    print(f"inputs     {tensors}")
+    print(f"repository {result.repository}")
+    for target, uri in result.targets.items():
+        print(f"{target + ' repo':<10} {uri}")
+    return 0
 
 
 def cmd_serve(args) -> int:
-    def run() -> int:
-        from issueops.serving.server import serve
+    from issueops.serving.server import serve
 
-        serve(
-            args.model,
-            port=args.port,
-            grpc_port=args.grpc_port,
-            host=args.host,
-            workers=args.workers,
-            max_request_mb=args.max_request_mb,
-            ready=lambda line: print(line, flush=True),
-        )
-        return 0
-
-    return _guarded(run)
+    serve(
+        args.model,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        host=args.host,
+        workers=args.workers,
+        max_request_mb=args.max_request_mb,
+        ready=lambda line: print(line, flush=True),
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     add_serving_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     configure_logging(
-        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"),
-        json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")),
+        Settings.from_env().log_level or "WARNING",
+        json_lines=Settings.from_env().log_json,
         service=f"issueops-{args.command}",
     )
-    return args.handler(args)
+    return answered(args.handler)(args)
 
 
 if __name__ == "__main__":
