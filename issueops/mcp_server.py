@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -28,8 +27,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from issueops.bridge.answers import ANSWERS, RequestView
-from issueops.cli.registry import actor
-from issueops.config import Settings
+from issueops.config import Settings, actor
 from issueops.data.prepare import DatasetDescription
 from issueops.errors import IssueOpsError, NotFound
 from issueops.evaluation.supervised import VersionComparison
@@ -42,6 +40,7 @@ from issueops.monitoring.triggers import CheckReport
 from issueops.packaging.package import PackageResult
 from issueops.registry.lifecycle import Registry
 from issueops.registry.names import AuditRecord, ModelInfo, ModelSummary, RollbackResult, VersionInfo
+from issueops.registry.promotion import Production, Promotion
 from issueops.reporting.results import RunResult, StepTiming
 from issueops.serving.prediction import Prediction, Predictor
 from issueops.spec.body import TrainingSpec
@@ -105,7 +104,7 @@ server = MCPServer(
         "bridge's training requests and compare versions. Start with list_algorithms or validate_spec."
     ),
     lifespan=lifespan,
-    log_level=os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING").upper(),
+    log_level=(Settings.from_env().log_level or "WARNING").upper(),
 )
 
 
@@ -124,7 +123,7 @@ async def _offload(call: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(call)
     except IssueOpsError as exc:
-        raise ToolError("\n".join(mask(str(problem)) for problem in exc.problems)) from None
+        raise ToolError(mask(exc.refusal())) from None  # its kind's refusal (issueops.errors.ANSWERS)
 
 
 @tool
@@ -265,10 +264,21 @@ def _version_change(action: str, description: str) -> Callable[..., Any]:
     return tool(change)
 
 
-approve_version = _version_change(
-    "approve",
-    "Approve a pending version: it goes to production and the previous production version is archived.",
-)
+def _production(ctx: Context) -> Production:
+    shared = _shared(ctx)
+    return Production(shared.settings, registry=shared.registry, store=shared.store)
+
+
+@tool
+async def approve_version(
+    model: ModelName, version: VersionNumber, ctx: Context, reason: Reason = None
+) -> Promotion:
+    """Approve a pending version: it goes to production and the previous production version is archived.
+    With ISSUEOPS_SERVING=kserve the InferenceService is promoted to it; `endpoint` says what it did."""
+    production = _production(ctx)
+    return await _offload(lambda: production.promote(model, version, actor=actor(), reason=reason))
+
+
 archive_version = _version_change("archive", "Archive a version that is not in production.")
 reject_version = _version_change(
     "reject", "Reject a version that is not in production: it can never be approved or rolled back to."
@@ -285,11 +295,10 @@ async def rollback_production(
     reason: Reason = None,
 ) -> RollbackResult:
     """Point production back at the previous production version (or at to_version); the version it
-    leaves is archived. The local endpoint follows without a restart."""
-    registry = _shared(ctx).registry
-    return await _offload(
-        lambda: registry.rollback_production(model, to_version, reason=reason, actor=actor())
-    )
+    leaves is archived. The local endpoint follows without a restart; with ISSUEOPS_SERVING=kserve the
+    InferenceService is reverted to it, and `endpoint` says what it did."""
+    production = _production(ctx)
+    return await _offload(lambda: production.roll_back(model, to_version, actor=actor(), reason=reason))
 
 
 @tool

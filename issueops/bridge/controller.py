@@ -127,7 +127,8 @@ class IssueReporter:
 
 
 class RegistryActions:
-    """The model registry calls a request needs: keep production on failure, approve, roll back."""
+    """The model registry calls a request needs: keep production on failure, approve, roll back.
+    Production moves through issueops.registry.promotion, so the serving endpoint moves with it."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -136,6 +137,11 @@ class RegistryActions:
         from issueops.registry.lifecycle import Registry
 
         return Registry.from_settings(self.settings)
+
+    def _production(self):
+        from issueops.registry.promotion import Production
+
+        return Production(self.settings, registry=self._registry())
 
     def model_name(self, request: TrainingRequest) -> str:
         if request.model_name:
@@ -148,7 +154,7 @@ class RegistryActions:
         """Undo what the request changed; the outcome as the pipeline's rollback step records it."""
         earlier = tuple(a.run_id for a in request.attempts if a.run_id != request.run_id)
         earlier += tuple(run for a in request.attempts for run in a.lost_runs)
-        outcome = self._registry().rollback_request(
+        outcome = self._production().roll_back_request(
             self.model_name(request),
             request.run_id,
             reason=reason,
@@ -171,14 +177,16 @@ class RegistryActions:
         version = version or request.model_version
         if not version:
             raise Conflict(f"Request {request.name} has no registered version to approve.")
-        name = self.model_name(request)
-        self._registry().approve(
-            name, version, actor=by or "issueops-bridge", reason=f"/approve on issue #{request.issue}"
+        done = self._production().promote(
+            self.model_name(request),
+            version,
+            actor=by or "issueops-bridge",
+            reason=f"/approve on issue #{request.issue}",
         )
-        return f"Version {version} of `{name}` is approved and in production."
+        return done.message
 
     def rollback_to(self, request: TrainingRequest, version: str | None, by: str | None) -> str:
-        outcome = self._registry().rollback_production(
+        outcome = self._production().roll_back(
             self.model_name(request),
             to_version=version,
             actor=by or "issueops-bridge",

@@ -1,16 +1,18 @@
 """`issueops registry ...`: list, show, approve, archive, reject, roll back and audit models.
 
-Each action is a few lines over issueops.registry.lifecycle.Registry; `--json` prints one JSON document.
+Each action is a few lines over issueops.registry.lifecycle.Registry; approve and rollback go through
+issueops.registry.promotion, which moves the serving endpoint with production. `--json` prints one
+JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from issueops.cli.exits import answered
+from issueops.config import actor
 
 
 def add_registry_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,10 +43,6 @@ def add_registry_parser(subparsers) -> argparse.ArgumentParser:
     action("history", "the audit trail of a model, oldest first").add_argument("model")
     registry.set_defaults(handler=run_registry_command)
     return registry
-
-
-def actor() -> str:
-    return os.environ.get("ISSUEOPS_ACTOR") or os.environ.get("USER") or "unknown"
 
 
 @answered
@@ -90,8 +88,26 @@ def _change(method: str):
     return handler
 
 
+def _approve(registry, args) -> tuple[Any, str]:
+    from issueops.config import Settings
+    from issueops.registry.promotion import Production
+
+    production = Production(Settings.from_env(), registry=registry)
+    done = production.promote(args.model, args.version, actor=actor(), reason=args.reason)
+    info = done.version
+    production = " (production)" if info.in_production else ""
+    text = f"{info.model} version {info.version}: {info.status}{production}"
+    if done.endpoint:
+        text += f"\n{done.endpoint}"
+    return {**info.to_dict(), "endpoint": done.endpoint}, text
+
+
 def _rollback(registry, args) -> tuple[Any, str]:
-    result = registry.rollback_production(args.model, args.to_version, reason=args.reason, actor=actor())
+    from issueops.config import Settings
+    from issueops.registry.promotion import Production
+
+    production = Production(Settings.from_env(), registry=registry)
+    result = production.roll_back(args.model, args.to_version, actor=actor(), reason=args.reason)
     return result.to_dict(), result.message
 
 
@@ -107,6 +123,7 @@ def _history(registry, args) -> tuple[Any, str]:
             f"{r.time}  {r.action:<8} {what:<28} by {r.actor}"
             + (f", run {r.run_id}" if r.run_id else "")
             + (f": {r.reason}" if r.reason else "")
+            + (f" [{r.endpoint}]" if r.endpoint else "")
         )
     return [r.to_dict() for r in records], "\n".join(
         rows
@@ -120,7 +137,7 @@ def _v(value) -> str:
 _ACTIONS = {
     "list": _list,
     "show": _show,
-    "approve": _change("approve"),
+    "approve": _approve,
     "archive": _change("archive"),
     "reject": _change("reject"),
     "rollback": _rollback,

@@ -43,6 +43,7 @@ class Audit:
         to_version: int | None = None,
         run_id: str | None = None,
         status: str | None = None,
+        endpoint: str | None = None,
     ) -> AuditRecord:
         record = AuditRecord(
             _now(),
@@ -54,6 +55,7 @@ class Audit:
             _cut(actor, MAX_ACTOR) or "unknown",
             run_id,
             status,
+            _cut(endpoint, MAX_REASON),
         )
         value = json.dumps(record.to_dict(), ensure_ascii=False)
         if len(value) > MAX_AUDIT_VALUE:  # only a pathological name could get here

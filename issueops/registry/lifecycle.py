@@ -19,8 +19,9 @@ with an audit record, the next time anything touches its model.
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from issueops.config import Settings
@@ -58,6 +59,12 @@ from issueops.registry.names import (
 from issueops.registry.tracking import Tracking, _numeric, default_artifact_location, prepare_database
 from issueops.reporting.results import RunResult
 
+log = logging.getLogger(__name__)
+
+FollowEndpoint = Callable[[str, "int | None", "int | None"], str]
+"""Moves a model's endpoint from one production version to another (None: none) and says what it
+did; issueops.registry.promotion makes one per serving mode. Raising refuses the move."""
+
 
 class Registry(Versions, Tracking, Audit):
     """Runs, versions, approval, production alias and audit trail of issueops models in MLflow."""
@@ -72,7 +79,7 @@ class Registry(Versions, Tracking, Audit):
         settings: Settings | None = None,
     ):
         self.tracking_uri = tracking_uri
-        self.registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+        self.registry_uri = registry_uri or Settings.from_env().mlflow_registry_uri or tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.lock = lock or registry_lock(tracking_uri, settings)
         self._client = None
@@ -231,14 +238,25 @@ class Registry(Versions, Tracking, Audit):
         return tags
 
     @_translated("approve the model version")
-    def approve(self, model: str, version: int | str, actor: str, reason: str | None = None) -> VersionInfo:
-        """Approve a pending version: it becomes production, the previous production is Archived."""
+    def approve(
+        self,
+        model: str,
+        version: int | str,
+        actor: str,
+        reason: str | None = None,
+        *,
+        endpoint: FollowEndpoint | None = None,
+    ) -> VersionInfo:
+        """Approve a pending version: it becomes production, the previous production is Archived.
+        `endpoint` moves the serving endpoint first (issueops.registry.promotion)."""
         name = self._existing_model(model)
         with self._locked(name):
             self._settle(name)
-            return self._approve_locked(name, version, actor, reason)
+            return self._approve_locked(name, version, actor, reason, endpoint)
 
-    def _approve_locked(self, name: str, version: int | str, actor: str, reason: str | None) -> VersionInfo:
+    def _approve_locked(
+        self, name: str, version: int | str, actor: str, reason: str | None, endpoint=None
+    ) -> VersionInfo:
         name, number = self._existing_version(name, version)
         mv = self.client.get_model_version(name, str(number))
         status = mv.tags.get(STATUS_TAG, "")
@@ -252,7 +270,14 @@ class Registry(Versions, Tracking, Audit):
                 f"Version {number} of {name} is Archived; use `registry rollback {name} --to {number}` "
                 "to put it back in production."
             )
-        self._promote(name, number, actor=actor, reason=reason or "approved", run_id=mv.tags.get(RUN_ID_TAG))
+        self._promote(
+            name,
+            number,
+            actor=actor,
+            reason=reason or "approved",
+            run_id=mv.tags.get(RUN_ID_TAG),
+            endpoint=endpoint,
+        )
         return self._version_info(name, number)
 
     @_translated("archive the model version")
@@ -302,9 +327,39 @@ class Registry(Versions, Tracking, Audit):
 
     # production and rollback
 
-    def _promote(self, name: str, version: int, *, actor: str, reason: str, run_id: str | None) -> None:
+    @contextlib.contextmanager
+    def _following(self, name: str, endpoint: FollowEndpoint | None, current: int | None, target: int | None):
+        """Move the endpoint from `current` to `target` before the registry's writes in the block,
+        and yield what it did; should a write fail, the endpoint goes back (as far as it can)."""
+        if endpoint is None or current == target:
+            yield None
+            return
+        served = endpoint(name, current, target)  # raises: the registry stays untouched
+        try:
+            yield served
+        except BaseException:
+            try:
+                endpoint(name, target, current)
+            except Exception as error:  # the registry's error is the one to report
+                log.warning("%s: the endpoint could not go back to version %s: %s", name, current, error)
+            raise
+
+    def _promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str,
+        run_id: str | None,
+        endpoint: FollowEndpoint | None = None,
+    ) -> None:
         """Approve `version` and point production at it; the version it replaces becomes Archived."""
         previous = self._production_version(name)
+        with self._following(name, endpoint, previous, version) as served:
+            self._promote_written(name, version, previous, actor, reason, run_id, served)
+
+    def _promote_written(self, name, version, previous, actor, reason, run_id, served) -> None:
         self._set_status(name, version, APPROVED)
         self.client.set_model_version_tag(name, str(version), WAS_PRODUCTION_TAG, "true")
         self._audit(
@@ -319,6 +374,7 @@ class Registry(Versions, Tracking, Audit):
             actor=actor,
             reason=reason,
             run_id=run_id,
+            endpoint=served,
         )
         if previous is not None and previous != version:
             self._set_status(name, previous, ARCHIVED)
@@ -342,8 +398,13 @@ class Registry(Versions, Tracking, Audit):
         reason: str | None,
         run_id: str | None,
         left_status: str,
+        endpoint: FollowEndpoint | None = None,
     ) -> None:
         """Production from `current` back to `target` (None: no production version at all)."""
+        with self._following(name, endpoint, current, target) as served:
+            self._move_back_written(name, current, target, actor, reason, run_id, left_status, served)
+
+    def _move_back_written(self, name, current, target, actor, reason, run_id, left_status, served) -> None:
         if target is None:
             self.client.delete_registered_model_alias(name, PRODUCTION)
         else:
@@ -358,6 +419,7 @@ class Registry(Versions, Tracking, Audit):
             reason=reason,
             run_id=run_id,
             status=APPROVED if target is not None else None,
+            endpoint=served,
         )
         self._set_status(name, current, left_status)
         self._audit(
@@ -379,6 +441,7 @@ class Registry(Versions, Tracking, Audit):
         reason: str | None = None,
         actor: str,
         run_id: str | None = None,
+        endpoint: FollowEndpoint | None = None,
     ) -> RollbackResult:
         """Point production back at the version that was in production before the current one, or
         at `to_version` (which must have been in production before and not be Rejected). The version
@@ -388,10 +451,12 @@ class Registry(Versions, Tracking, Audit):
         name = self._existing_model(model)
         with self._locked(name):
             self._settle(name)
-            return self._rollback_locked(name, to_version, reason=reason, actor=actor, run_id=run_id)
+            return self._rollback_locked(
+                name, to_version, reason=reason, actor=actor, run_id=run_id, endpoint=endpoint
+            )
 
     def _rollback_locked(
-        self, name: str, to_version, *, reason: str | None, actor: str, run_id: str | None
+        self, name: str, to_version, *, reason: str | None, actor: str, run_id: str | None, endpoint=None
     ) -> RollbackResult:
         current = self._production_version(name)
         if current is None:
@@ -419,7 +484,14 @@ class Registry(Versions, Tracking, Audit):
                     f"target; approve it instead. Production stays at version {current}."
                 )
         self._move_back(
-            name, current, target, actor=actor, reason=reason, run_id=run_id, left_status=ARCHIVED
+            name,
+            current,
+            target,
+            actor=actor,
+            reason=reason,
+            run_id=run_id,
+            left_status=ARCHIVED,
+            endpoint=endpoint,
         )
         return RollbackResult(
             name,
@@ -438,6 +510,7 @@ class Registry(Versions, Tracking, Audit):
         reason: str | None = None,
         actor: str,
         attempt_run_ids: tuple[str, ...] | list[str] = (),
+        endpoint: FollowEndpoint | None = None,
     ) -> RollbackResult:
         """Undo what a failed request changed, and only that.
 
@@ -454,10 +527,12 @@ class Registry(Versions, Tracking, Audit):
             )
         with self._locked(name):
             self._settle(name)
-            return self._rollback_request_locked(name, ids, run_id, reason=reason, actor=actor)
+            return self._rollback_request_locked(
+                name, ids, run_id, reason=reason, actor=actor, endpoint=endpoint
+            )
 
     def _rollback_request_locked(
-        self, name: str, ids: list[str], run_id: str, *, reason: str | None, actor: str
+        self, name: str, ids: list[str], run_id: str, *, reason: str | None, actor: str, endpoint=None
     ) -> RollbackResult:
         ours = sorted({int(v.version) for r in ids for v in self._versions_for_run(name, r)})
         current = self._production_version(name)
@@ -482,6 +557,7 @@ class Registry(Versions, Tracking, Audit):
                 run_id=run_id,
                 left_status=REJECTED,
                 reason=reason or f"request {run_id} failed",
+                endpoint=endpoint,
             )
             changed = True
         rejected = []

@@ -96,6 +96,7 @@ class AuditRecord:
     actor: str | None = None
     run_id: str | None = None
     status: str | None = None  # the approval status the version was given, if any
+    endpoint: str | None = None  # promote/rollback with ISSUEOPS_SERVING=kserve: what the endpoint did
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +110,7 @@ class RollbackResult:
     changed: bool
     message: str
     rejected: list[int] = field(default_factory=list)
+    endpoint: str | None = None  # what the serving endpoint did (issueops.registry.promotion)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

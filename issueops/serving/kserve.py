@@ -14,11 +14,11 @@ Canary rollouts need KServe's Serverless (Knative) mode.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from issueops.config import Settings
 from issueops.errors import InvalidInput
 from issueops.lifecycle import custom_resources
 from issueops.lifecycle.custom_resources import CustomResource
@@ -202,8 +202,9 @@ def deploy_version(
     canary beside the version being served."""
     from issueops.packaging.triton import read_package
 
-    namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", DEFAULT_NAMESPACE)
-    device = device or os.environ.get("ISSUEOPS_SERVING_DEVICE", "cpu")
+    settings = Settings.from_env()
+    namespace = namespace or settings.namespace
+    device = device or settings.serving_device
     package = read_package(store, model, version)
     placement = Placement.for_package(package, device)
     api = api or api_client()
@@ -214,7 +215,7 @@ def deploy_version(
         canary = (
             canary_percent
             if canary_percent is not None
-            else int(os.environ.get("ISSUEOPS_CANARY_PERCENT", DEFAULT_CANARY_PERCENT))
+            else int(settings.canary_percent or DEFAULT_CANARY_PERCENT)
         )
     uri = package["targets"][placement.device]["uri"]
     manifest = inference_service(
@@ -225,7 +226,7 @@ def deploy_version(
         placement=placement,
         canary_percent=canary,
         run_id=package.get("run_id"),
-        payload_logger_url=os.environ.get("ISSUEOPS_PAYLOAD_LOGGER_URL") or None,
+        payload_logger_url=settings.payload_logger_url,
     )
     applied = apply(manifest, api=api)
     name = manifest["metadata"]["name"]
@@ -255,3 +256,13 @@ def revert(
 ) -> Deployment:
     """A rollback: the earlier version is applied again and takes all the traffic."""
     return deploy_version(model, to_version, store=store, approved=True, namespace=namespace, api=api)
+
+
+def withdraw(model: str, *, namespace: str, api=None) -> bool:
+    """A rollback to no version: the model's InferenceService is deleted (a Rejected version is never
+    served again); False when there was none."""
+    api = api or api_client()
+    if get(model, namespace, api=api) is None:
+        return False
+    INFERENCE_SERVICES.delete(namespace, service_name(model), api=api)
+    return True
