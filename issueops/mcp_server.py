@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from issueops.bridge.answers import ANSWERS, RequestView
-from issueops.config import Settings, actor
+from issueops.cli.registry import actor
+from issueops.config import Settings
 from issueops.data.prepare import DatasetDescription
 from issueops.errors import IssueOpsError, NotFound
 from issueops.evaluation.supervised import VersionComparison
@@ -104,7 +106,7 @@ server = MCPServer(
         "bridge's training requests and compare versions. Start with list_algorithms or validate_spec."
     ),
     lifespan=lifespan,
-    log_level=(Settings.from_env().log_level or "WARNING").upper(),
+    log_level=os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING").upper(),
 )
 
 
@@ -123,7 +125,7 @@ async def _offload(call: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(call)
     except IssueOpsError as exc:
-        raise ToolError(mask(exc.refusal())) from None  # its kind's refusal (issueops.errors.ANSWERS)
+        raise ToolError("\n".join(mask(str(problem)) for problem in exc.problems)) from None
 
 
 @tool
