@@ -161,21 +161,24 @@ def register_step(run_id: str) -> dict:
 
 
 def promote_registered(run_id: str, settings: Settings, store: ObjectStore) -> dict:
-    """Approve the run's version into production when auto-approval applies; returns the registration."""
-    from issueops.registry.lifecycle import Registry
+    """Approve the run's version into production when auto-approval applies (with
+    ISSUEOPS_SERVING=kserve its InferenceService is promoted too); returns the registration."""
+    from issueops.registry.promotion import Production
 
     record = RunRecord(store, run_id)
     registration = record.read("registration.json") or {}
     if registration.get("auto_approve") and registration.get("alias") != "production":
-        info = Registry.from_settings(settings).approve(
+        done = Production(settings, store=store).promote(
             registration["model_name"],
             registration["version"],
-            _actor(),
+            actor=_actor(),
             reason="auto-approved: the run passed evaluation and packaging",
         )
+        info = done.version
         registration.update(
             alias="production" if "production" in (info.aliases or []) else None,
             approval_status=info.status,
+            endpoint=done.endpoint,
         )
         record.write("registration.json", registration)
     return registration
@@ -193,15 +196,16 @@ def promote_step(run_id: str) -> dict:
 
 
 def rollback_step(run_id: str) -> dict:
-    """A failed request leaves production as it was before the request."""
+    """A failed request leaves production (and with ISSUEOPS_SERVING=kserve its endpoint) as it was
+    before the request."""
     from issueops.pipeline.runs import collect_result
-    from issueops.registry.lifecycle import Registry
     from issueops.registry.names import model_name_for
+    from issueops.registry.promotion import Production
 
     settings, store = _context()
     with step_guard(store, run_id, "rollback"):
         result = collect_result(store, run_id)
-        outcome = Registry.from_settings(settings).rollback_request(
+        outcome = Production(settings, store=store).roll_back_request(
             model_name_for(result.spec), run_id, reason=result.message, actor=_actor()
         )
         record = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
