@@ -135,6 +135,27 @@ for _kind, _answer in ANSWERS.items():
     _kind.answer, _kind.exit_code, _kind.http_status = _answer, _answer.exit_code, _answer.http_status
 
 
+def answers_table() -> str:
+    """ANSWERS as the Markdown table README's "Errors" section shows."""
+    rows = [
+        "| error | CLI exit | HTTP | operator (kopf) | MCP refusal | step retried |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind, answer in ANSWERS.items():
+        if answer.kopf_delay_s is None:
+            kopf = "permanent"
+        else:
+            kopf = f"temporary, again in {answer.kopf_delay_s:g} s"
+        if kind is ExternalServiceError:
+            kopf += "; temporary when transient (after Retry-After)"
+        refusal = "error result: " + answer.mcp_refusal.replace("{problems}", "the sentences, one a line")
+        rows.append(
+            f"| `{kind.__name__}` | {answer.exit_code} | {answer.http_status} | {kopf} | {refusal} "
+            f"| {'yes' if answer.step_retry else 'no'} |"
+        )
+    return "\n".join(rows)
+
+
 def lineage(error: BaseException) -> list[str]:
     """The names of an error's IssueOpsError classes, its own first: what a step records, so that
     a process which never imported the exact class can still rebuild the nearest one."""

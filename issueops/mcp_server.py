@@ -125,7 +125,7 @@ async def _offload(call: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(call)
     except IssueOpsError as exc:
-        raise ToolError("\n".join(mask(str(problem)) for problem in exc.problems)) from None
+        raise ToolError(mask(exc.refusal())) from None  # its kind's refusal (issueops.errors.ANSWERS)
 
 
 @tool

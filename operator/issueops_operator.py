@@ -27,7 +27,7 @@ import threading
 import kopf
 
 from issueops.config import Settings
-from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError
+from issueops.errors import InvalidInput, IssueOpsError
 from issueops.lifecycle.crd import GROUP, PLURAL, VERSION, require_served
 from issueops.lifecycle.custom_resources import api_client
 from issueops.lifecycle.runtime import OperatorRuntime
@@ -36,24 +36,20 @@ from issueops.logs import JsonFormatter
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 INTERVAL = float(os.environ.get("ISSUEOPS_OPERATOR_INTERVAL", "5"))
-RETRY_DELAY = 30
 MODELS_INTERVAL = 60  # seconds between reads of the registry and triggers.json for the gauges
 
 
 @contextlib.contextmanager
 def kopf_errors():
-    """Our errors as kopf's: transient → retried with a delay, invalid input → never retried."""
+    """Our errors as kopf's outcomes, as issueops.errors.ANSWERS says for each kind: temporary
+    (handled again after a delay) or permanent (not again for this change)."""
     try:
         yield
-    except InvalidInput as error:
-        raise kopf.PermanentError(str(error)) from error
-    except ExternalServiceError as error:
-        if error.transient:
-            delay = getattr(error, "retry_after", None) or RETRY_DELAY
-            raise kopf.TemporaryError(str(error), delay=delay) from error
-        raise kopf.PermanentError(str(error)) from error
     except IssueOpsError as error:
-        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY) from error
+        delay = error.outcome().kopf_delay_s
+        if delay is None:
+            raise kopf.PermanentError(str(error)) from error
+        raise kopf.TemporaryError(str(error), delay=delay) from error
 
 
 @kopf.on.login()
@@ -126,11 +122,12 @@ def requests_by_phase(namespace, name, status, meta, **_):
 
 @kopf.on.create(*RESOURCE)
 def create(body, patch, memo: kopf.Memo, **_):
-    try:
-        patch.status.update(memo.runtime.accept(body))
-    except InvalidInput as error:
-        patch.status.update(memo.runtime.rejected(body, error))
-        raise kopf.PermanentError(str(error)) from error
+    with kopf_errors():
+        try:
+            patch.status.update(memo.runtime.accept(body))
+        except InvalidInput as error:
+            patch.status.update(memo.runtime.rejected(body, error))
+            raise
 
 
 def _active(status, **_) -> bool:

@@ -47,7 +47,7 @@ def make_receiver_app(logger: PayloadLogger) -> web.Application:
         try:
             events = events_from_http(request.headers, body)
         except InvalidInput as error:
-            return _answer(400, str(error))
+            return _answer(error.outcome().http_status, str(error))
         if not logger.log_events(events):
             return _answer(503, "the payload log is behind; these events were dropped and counted")
         return _answer(202, "queued", events=len(events))
