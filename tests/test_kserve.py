@@ -300,3 +300,203 @@ def test_the_example_runtime_serves_the_repository_layout():
     assert "--model-store=/mnt/models" in args and "--disable-auto-complete-config" in args
     assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
     assert Path(KSERVE_DIR / "examples").is_dir()
+
+
+# ---------------------------------------------------------------------- production moves the endpoint, at every door
+
+NAMESPACE = "ml"
+
+
+@pytest.fixture
+def cluster(home, monkeypatch, tmp_path):
+    """ISSUEOPS_SERVING=kserve against the API double, reached the way a user's machine reaches a
+    cluster: through KUBECONFIG."""
+    with KServeDouble() as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {"name": "double", "cluster": {"server": server.client().configuration.host}}
+                    ],
+                    "users": [{"name": "tester", "user": {"token": "double"}}],
+                    "contexts": [{"name": "double", "context": {"cluster": "double", "user": "tester"}}],
+                    "current-context": "double",
+                }
+            )
+        )
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("ISSUEOPS_SERVING", "kserve")
+        monkeypatch.setenv("ISSUEOPS_NAMESPACE", NAMESPACE)
+        yield server
+
+
+def canaried(store, tmp_path, model: str, server):
+    """Version 1 of `model` in production and served; version 2 registered by run
+    train-20260102-000000-bbbb, pending, packaged and served as a canary beside it (as the
+    pipeline's deploy step leaves a version that waits for /approve)."""
+    from issueops.config import Settings
+    from issueops.registry.lifecycle import Registry
+    from issueops.reporting.results import RunResult
+
+    registry = Registry.from_settings(Settings.from_env())
+    model_dir = tmp_path / "model"
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "model.json").write_text("{}")
+    for run_id, approve in (("train-20260101-000000-aaaa", True), ("train-20260102-000000-bbbb", False)):
+        result = RunResult(
+            run_id=run_id, spec={"model_name": model}, decision="pass", message="ok",
+            evaluation_metric="accuracy", threshold=0.9, metric_value=0.95,
+        )  # fmt: skip
+        registry.register_version(
+            model, result, registry.log_run(result, model_dir), model_dir, approve=approve, actor="test"
+        )
+    packaged(store, model, 1, 2)
+    for version, approved in ((1, True), (2, False)):
+        deploy_version(
+            model, version, store=store, approved=approved, namespace=NAMESPACE, api=server.client()
+        )
+    assert served(server, model) == (2, 10)
+    return registry
+
+
+def served(server, model: str) -> tuple[int, int | None]:
+    """The version the InferenceService names, and its canary percentage (None: all traffic)."""
+    predictor = server.objects[(NAMESPACE, service_name(model))]
+    version = int(predictor["metadata"]["annotations"]["issueops.io/version"])
+    return version, predictor["spec"]["predictor"].get("canaryTrafficPercent")
+
+
+def moves(registry, model: str) -> list:
+    """The audit records of production's moves (one per approve or rollback)."""
+    return [r for r in registry.history(model) if r.action in ("promote", "rollback")]
+
+
+def assert_moved(registry, model: str, server, expected: list[tuple[str, int | None, int | None]]) -> None:
+    """Production's moves after the setup's first promotion, one audit record each, every one
+    naming what the InferenceService did."""
+    later = moves(registry, model)[1:]
+    assert [(r.action, r.from_version, r.to_version) for r in later] == expected
+    for record in later:
+        assert record.endpoint == (
+            f"InferenceService {NAMESPACE}/{service_name(model)} serves version {record.to_version} with "
+            f"all traffic (was version {record.from_version})"
+        )
+
+
+def test_cli_approve_and_rollback_move_the_inference_service(cluster, store, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from issueops.cli.registry import add_registry_parser, run_registry_command
+
+    registry = canaried(store, tmp_path, "bc-cli", cluster)
+    parser = argparse.ArgumentParser(prog="issueops")
+    add_registry_parser(parser.add_subparsers(dest="command"))
+    monkeypatch.setenv("ISSUEOPS_ACTOR", "carol")
+
+    assert run_registry_command(parser.parse_args(["registry", "approve", "bc-cli", "2", "--json"])) == 0
+    approved = json.loads(capsys.readouterr().out)
+    assert approved["aliases"] == ["production"] and "serves version 2" in approved["endpoint"]
+    assert served(cluster, "bc-cli") == (2, None)  # the canary took all the traffic
+
+    assert run_registry_command(parser.parse_args(["registry", "rollback", "bc-cli"])) == 0
+    assert "InferenceService ml/bc-cli serves version 1 with all traffic" in capsys.readouterr().out
+    assert served(cluster, "bc-cli") == (1, None)
+    assert_moved(registry, "bc-cli", cluster, [("promote", 1, 2), ("rollback", 2, 1)])
+
+
+def test_issue_commands_through_the_bridge_move_the_inference_service(cluster, store, tmp_path, monkeypatch):
+    from issueops.config import Settings
+    from issueops.lifecycle.state_machine import SUCCEEDED
+    from tests.github_double import GitHubDouble
+    from tests.test_bridge import SECRET, TOKEN, Hub, waiting_request
+
+    registry = canaried(store, tmp_path, "bc-rf", cluster)
+    with GitHubDouble(token=TOKEN) as gh:
+        gh.add_user("alice", role="maintain")
+        for name, value in {"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": gh.full_name, "GITHUB_API_URL": gh.url,
+                            "GITHUB_WEBHOOK_SECRET": SECRET}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("ISSUEOPS_ALLOWLIST", raising=False)
+        hub = Hub(gh, Settings.from_env(), max_running=0)
+        try:
+            number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
+            request = waiting_request(hub, number)
+            request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "2"
+            hub.store.save(request)
+            hub.deliver("issue_comment", hub.comment_event(number, "/approve", "alice"))
+            hub.process()
+            assert served(cluster, "bc-rf") == (2, None)
+            assert "InferenceService ml/bc-rf serves version 2 with all traffic" in hub.bodies(number)[-1]
+
+            hub.deliver("issue_comment", hub.comment_event(number, "/rollback", "alice"))
+            hub.process()
+            assert served(cluster, "bc-rf") == (1, None)
+            assert "rolled back from version 2 to version 1" in hub.bodies(number)[-1]
+        finally:
+            hub.close()
+    assert_moved(registry, "bc-rf", cluster, [("promote", 1, 2), ("rollback", 2, 1)])
+
+
+def test_pipeline_promote_and_rollback_steps_move_the_inference_service(cluster, store, tmp_path):
+    from issueops.pipeline.runs import RunRecord
+    from issueops.pipeline.steps import promote_step, rollback_step
+
+    registry = canaried(store, tmp_path, "bc-pipe", cluster)
+    run_id = "train-20260102-000000-bbbb"  # the run that registered version 2
+    record = RunRecord(store, run_id)
+    record.write("request.json", {"spec": {"model_name": "bc-pipe"}})
+    record.write("registration.json", {"model_name": "bc-pipe", "version": "2", "auto_approve": True})
+    registration = promote_step(run_id)
+    assert registration["alias"] == "production" and "serves version 2" in registration["endpoint"]
+    assert served(cluster, "bc-pipe") == (2, None)
+
+    record.write("judgement.json", {"decision": "fail", "message": "the request failed later"})
+    rolled = rollback_step(run_id)  # a failed request: production as it was before it
+    assert (rolled["changed"], rolled["to_version"], rolled["rejected"]) == (True, 1, [2])
+    assert served(cluster, "bc-pipe") == (1, None)
+    assert_moved(registry, "bc-pipe", cluster, [("promote", 1, 2), ("rollback", 2, 1)])
+
+
+def test_a_refused_endpoint_leaves_the_registry_untouched(cluster, store, tmp_path):
+    from issueops.config import Settings
+    from issueops.registry.promotion import Production
+
+    registry = canaried(store, tmp_path, "bc-403", cluster)
+    before = registry.history("bc-403")
+    cluster.forced_status = 403  # RBAC: the caller may not patch InferenceServices
+    with pytest.raises(Unauthorized) as refused:
+        Production(Settings.from_env(), store=store).promote("bc-403", 2, actor="carol")
+    assert str(refused.value).endswith(
+        "The endpoint did not move, so neither did the registry: version 1 of bc-403 stays in production. "
+        "Run the same command again once the cause is fixed."
+    )
+    assert registry.production("bc-403").version == 1 and registry.history("bc-403") == before
+    assert served(cluster, "bc-403") == (2, 10)
+
+    cluster.forced_status = None  # fixed: the same command now moves both
+    Production(Settings.from_env(), store=store).promote("bc-403", 2, actor="carol")
+    assert registry.production("bc-403").version == 2 and served(cluster, "bc-403") == (2, None)
+    assert_moved(registry, "bc-403", cluster, [("promote", 1, 2)])
+
+
+def test_a_registry_failure_after_the_endpoint_moved_moves_it_back(cluster, store, tmp_path, monkeypatch):
+    from issueops.config import Settings
+    from issueops.errors import ExternalServiceError
+    from issueops.registry.promotion import Production
+
+    registry = canaried(store, tmp_path, "bc-mlflow", cluster)
+    before = served(cluster, "bc-mlflow")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Connection refused")
+
+    monkeypatch.setattr(registry.client, "set_registered_model_alias", unreachable)
+    with pytest.raises(ExternalServiceError, match="Connection refused"):
+        Production(Settings.from_env(), registry=registry, store=store).promote("bc-mlflow", 2, actor="carol")
+    monkeypatch.undo()
+    assert registry.production("bc-mlflow").version == 1
+    assert served(cluster, "bc-mlflow")[0] == 1 != before[0]  # back on production's version, all traffic

@@ -99,8 +99,8 @@ def _approve(registry, args) -> tuple[Any, str]:
     production = Production(Settings.from_env(), registry=registry)
     done = production.promote(args.model, args.version, actor=actor(), reason=args.reason)
     info = done.version
-    production = " (production)" if info.in_production else ""
-    text = f"{info.model} version {info.version}: {info.status}{production}"
+    marked = " (production)" if info.in_production else ""
+    text = f"{info.model} version {info.version}: {info.status}{marked}"
     if done.endpoint:
         text += f"\n{done.endpoint}"
     return {**info.to_dict(), "endpoint": done.endpoint}, text

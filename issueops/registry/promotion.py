@@ -67,10 +67,9 @@ class KServeEndpoint:
                 done = f"{where} deleted: no version of {model} is in production"
             else:
                 move = kserve.revert if current is not None and target < current else kserve.promote
-                kserve_move = move(model, target, store=self.store, namespace=namespace, api=self.api)
-                was = kserve_move.previous_version
+                move(model, target, store=self.store, namespace=namespace, api=self.api)
                 done = f"{where} serves version {target} with all traffic" + (
-                    f" (was version {was})" if was not in (None, target) else ""
+                    f" (was version {current})" if current is not None else ""
                 )
         except IssueOpsError as error:
             stays = f"version {current}" if current is not None else "no version"
