@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StepPolicy:
+    """A step's time limit, and how many times KFP (or the local runner) may run it again after a
+    failure. KFP retries any failed task; the step guard ends a retry at once, with the same error,
+    when the error's kind may not be retried (issueops.errors.ANSWERS: bad input, a conflict)."""
+
     timeout_s: int
     retries: int
 
