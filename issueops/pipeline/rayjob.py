@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError, recorded_error
 from issueops.lifecycle import custom_resources
 from issueops.lifecycle.custom_resources import CustomResource
@@ -61,7 +61,7 @@ def rayjob_manifest(
     """The RayJob for `spec`'s run `run_id`, as a dict ready for the Kubernetes API or YAML."""
     if spec.learning_type != "reinforcement":
         raise InvalidInput(f"a RayJob runs reinforcement learning; this spec is {spec.learning_type}.")
-    image = image or Settings.from_env().ray_image
+    image = image or os.environ.get("ISSUEOPS_RAY_IMAGE") or DEFAULT_IMAGE
     params = resolved_hyperparameters(spec.algo, spec.hyperparameters)
     runners = int(params["num_env_runners"])
     train = STEP_POLICIES["train"]
@@ -258,7 +258,7 @@ def train_on_rayjob(
             "ISSUEOPS_RL_RUNNER=rayjob needs the object store in S3 (ISSUEOPS_S3_BUCKET): "
             "the job's pods upload the model there."
         )
-    namespace = namespace or Settings.from_env().namespace
+    namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", NAMESPACE)
     api = api or custom_resources.api_client("ISSUEOPS_RL_RUNNER=rayjob")
     manifest = rayjob_manifest(spec, run_id, namespace=namespace)
     name = manifest["metadata"]["name"]
