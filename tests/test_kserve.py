@@ -14,6 +14,7 @@ force) with the semantics that matter for one field manager: the object becomes 
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import importlib.util
 import json
@@ -309,6 +310,12 @@ NAMESPACE = "ml"
 
 @pytest.fixture
 def cluster(home, monkeypatch, tmp_path):
+    with serving_on_kserve(monkeypatch, tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving_on_kserve(monkeypatch, tmp_path):
     """ISSUEOPS_SERVING=kserve against the API double, reached the way a user's machine reaches a
     cluster: through KUBECONFIG."""
     with KServeDouble() as server:

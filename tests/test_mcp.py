@@ -13,6 +13,7 @@ from mcp.client.stdio import stdio_client
 
 from tests.conftest import EXAMPLES, REPO
 from tests.github_double import GitHubDouble
+from tests.test_kserve import assert_moved, canaried, served, serving_on_kserve
 
 pytestmark = pytest.mark.anyio
 
@@ -555,3 +556,51 @@ def test_readme_mcp_table_lists_every_tool():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     named = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
     assert named == TOOLS
+
+
+# ---------------------------------------------------------------------- production moves the endpoint
+
+
+@pytest.fixture
+def cluster(home, monkeypatch, tmp_path):
+    with serving_on_kserve(monkeypatch, tmp_path) as server:
+        yield server
+
+
+async def test_approve_and_rollback_tools_move_the_inference_service(
+    server, cluster, store, tmp_path, monkeypatch
+):
+    registry = canaried(store, tmp_path, "bc-tools", cluster)
+    monkeypatch.setenv("ISSUEOPS_ACTOR", "carol")
+    async with Client(server) as client:
+        approved = await call(client, "approve_version", model="bc-tools", version=2)
+        assert approved["version"]["aliases"] == ["production"]
+        assert (
+            approved["endpoint"]
+            == "InferenceService ml/bc-tools serves version 2 with all traffic (was version 1)"
+        )
+        assert served(cluster, "bc-tools") == (2, None)
+        rolled = await call(client, "rollback_production", model="bc-tools", reason="drift")
+        assert rolled["to_version"] == 1 and "serves version 1" in rolled["endpoint"]
+        assert served(cluster, "bc-tools") == (1, None)
+    assert_moved(registry, "bc-tools", cluster, [("promote", 1, 2), ("rollback", 2, 1)])
+
+
+async def test_an_approve_answer_moves_the_inference_service(
+    server, cluster, store, home, tmp_path, monkeypatch
+):
+    """answer_request goes through the bridge's controller, as /approve on the issue does."""
+    from issueops.lifecycle.request_store import RequestStore
+    from issueops.lifecycle.state_machine import SUCCEEDED
+
+    registry = canaried(store, tmp_path, "bc-answer", cluster)
+    request = waiting_request(home, "acme/models", 7)
+    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-answer", "2"
+    RequestStore(home).save(request)
+    monkeypatch.setenv("ISSUEOPS_ACTOR", "carol")
+    monkeypatch.setenv("ISSUEOPS_ALLOWLIST", "carol")
+    async with Client(server) as client:
+        answered = await call(client, "answer_request", name=request.name, action="approve")
+    assert answered["reply"] and "serves version 2 with all traffic" in answered["reply"]
+    assert served(cluster, "bc-answer") == (2, None)
+    assert_moved(registry, "bc-answer", cluster, [("promote", 1, 2)])
