@@ -243,7 +243,7 @@ def _dropped(port: int) -> float:
 
 
 def _logged_requests(store: Path, model: str) -> int:
-    from issueops.monitoring.payloads import read_inference_log
+    from issueops.monitoring.inference_log import read_inference_log
     from issueops.store import LocalStore
 
     log = read_inference_log(LocalStore(store), model)
@@ -326,7 +326,8 @@ def agreement(has_evidently: bool) -> None:
 
 
 def reader_speed() -> None:
-    from issueops.monitoring.payloads import inference_events, read_inference_log, v2_tensors, write_events
+    from issueops.monitoring.inference_log import read_inference_log
+    from issueops.monitoring.payloads import inference_events, v2_tensors, write_events
     from issueops.store import LocalStore
 
     rng = np.random.default_rng(3)

@@ -27,6 +27,22 @@ SECRET_ENV_NAMES = (
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000"
 
 
+def payload_sample_rate(value: str | float | None) -> float:
+    """ISSUEOPS_PAYLOAD_LOG as a fraction of requests to log: unset = 1.0, 0 = off."""
+    if value is None or value == "":
+        return 1.0
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"ISSUEOPS_PAYLOAD_LOG is {str(value)[:40]!r}; give the fraction of requests to log, "
+            "from 0 (off) to 1 (all)."
+        ) from None
+    if not 0.0 <= rate <= 1.0:
+        raise InvalidInput(f"ISSUEOPS_PAYLOAD_LOG is {rate:g}; it is a fraction from 0 (off) to 1 (all).")
+    return rate
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -74,8 +90,6 @@ class Settings:
     def payload_log_rate(self) -> float:
         """The share of inferences `issueops serve` logs (0 to 1, default 1); InvalidInput for
         anything else."""
-        from issueops.monitoring.payloads import payload_sample_rate
-
         return payload_sample_rate(self.payload_log)
 
     @classmethod

@@ -124,8 +124,8 @@ def test_a_steps_json_log_lines_carry_its_run_and_issue(store, monkeypatch):
 
 def test_production_and_drift_gauges_come_from_the_registry_and_triggers_json(gh, settings, tmp_path):  # noqa: F811
     from issueops.monitoring.metrics import exposition, observe_models
-    from issueops.monitoring.triggers import ModelState, save_state
-    from issueops.registry import Registry
+    from issueops.monitoring.trigger_state import ModelState, save_state
+    from issueops.registry.lifecycle import Registry
     from issueops.store import open_store
 
     registered(settings, tmp_path)  # bc-rf v1 in production

@@ -18,7 +18,7 @@ from issueops.monitoring.drift import (
     choose_test,
     detect_drift,
 )
-from issueops.monitoring.payloads import InferenceLog
+from issueops.monitoring.inference_log import InferenceLog
 from issueops.monitoring.performance import (
     estimate_accuracy,
     known_request_ids,
@@ -416,7 +416,8 @@ def test_the_package_step_saves_the_profile_and_drift_reads_only_it(home, store,
     import shutil
 
     from issueops.cli import main
-    from issueops.monitoring.payloads import PayloadLogger, v2_tensors
+    from issueops.monitoring.payload_logger import PayloadLogger
+    from issueops.monitoring.payloads import v2_tensors
     from issueops.pipeline.steps import deploy_step, package_step, promote_step
     from tests.test_serving import RF_BODY, train_and_register
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from issueops.cli import main
-from issueops.monitoring.payloads import PayloadLogger, v2_tensors
+from issueops.monitoring.payload_logger import PayloadLogger
+from issueops.monitoring.payloads import v2_tensors
 from issueops.monitoring.profile import build_reference_profile, save_reference_profile
 from issueops.registry.lifecycle import Registry
 from issueops.reporting.results import RunResult

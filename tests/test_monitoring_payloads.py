@@ -12,18 +12,16 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from issueops.config import payload_sample_rate
 from issueops.errors import InvalidInput
+from issueops.monitoring.inference_log import NeverServed, iter_rows, read_inference_log
+from issueops.monitoring.payload_logger import PayloadLogger
 from issueops.monitoring.payloads import (
     REQUEST_TYPE,
     RESPONSE_TYPE,
-    NeverServed,
-    PayloadLogger,
     events_from_http,
     inference_events,
-    iter_rows,
     parse_since,
-    payload_sample_rate,
-    read_inference_log,
     v2_tensors,
     write_events,
 )

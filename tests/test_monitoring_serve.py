@@ -129,7 +129,7 @@ def test_served_traffic_is_logged_to_s3_counted_and_checked_for_drift(world):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from issueops.monitoring.payloads import read_inference_log
+    from issueops.monitoring.inference_log import read_inference_log
 
     rows, version = world["rows"], world["version"]
     chunks = np.array_split(rows, 6)
@@ -220,7 +220,7 @@ def test_served_traffic_is_logged_to_s3_counted_and_checked_for_drift(world):
 def test_workers_log_a_sample_and_every_scrape_counts_all_of_them(world):
     """`--workers 2` with ISSUEOPS_PAYLOAD_LOG=0.5: whichever process answers /metrics, it counts
     the requests of both; exactly the ids the sample rate picks are logged, by both processes."""
-    from issueops.monitoring.payloads import NeverServed, read_inference_log
+    from issueops.monitoring.inference_log import NeverServed, read_inference_log
 
     try:
         before = set(read_inference_log(world["store"], RF).keys["request_id"])
@@ -319,7 +319,7 @@ def test_the_receiver_counts_what_it_drops_while_the_store_stalls(tmp_path):
     import httpx
 
     from issueops.bridge.webhook import HttpServer
-    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.monitoring.receiver import make_receiver_app
     from issueops.store import LocalStore
 
@@ -376,7 +376,8 @@ def test_the_receiver_counts_what_it_drops_while_the_store_stalls(tmp_path):
 def test_logged_tensors_read_back_as_the_server_held_them(tmp_path):
     """What `issueops serve` hands the logger (arrays, converted on its thread) reads back value for
     value: float32 as float32, NaN as missing, text as text."""
-    from issueops.monitoring.payloads import PayloadLogger, read_inference_log
+    from issueops.monitoring.inference_log import read_inference_log
+    from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.store import LocalStore
 
     store = LocalStore(tmp_path / "store")
@@ -406,7 +407,7 @@ def test_the_logger_holds_a_bounded_number_of_tensor_bytes(tmp_path):
     """Behind a stalled store, tensors beyond the byte bound are dropped and counted, not held."""
     import threading
 
-    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.store import LocalStore
 
     released = threading.Event()

@@ -18,7 +18,9 @@ from issueops.bridge.events import interpret
 from issueops.cli import main
 from issueops.errors import InvalidInput
 from issueops.github import GitHubClient, RetryPolicy
-from issueops.monitoring.payloads import PayloadLogger, read_inference_log, v2_tensors
+from issueops.monitoring.inference_log import read_inference_log
+from issueops.monitoring.payload_logger import PayloadLogger
+from issueops.monitoring.payloads import v2_tensors
 from issueops.monitoring.performance import record_feedback
 from issueops.monitoring.profile import build_reference_profile, save_reference_profile
 from issueops.monitoring.proposals import (
@@ -28,14 +30,9 @@ from issueops.monitoring.proposals import (
     render_body,
     spec_from_proposal,
 )
-from issueops.monitoring.triggers import (
-    Action,
-    TriggerPolicy,
-    check_triggers,
-    load_state,
-    state_key,
-    window_bounds,
-)
+from issueops.monitoring.trigger_checks import TriggerPolicy, window_bounds
+from issueops.monitoring.trigger_state import Action, load_state, state_key
+from issueops.monitoring.triggers import check_triggers
 from issueops.pipeline.execution import check_inputs
 from issueops.pipeline.runs import RunRecord
 from issueops.registry.lifecycle import Registry

@@ -193,7 +193,8 @@ def _drift_text(report) -> str:
 
 
 def _feedback(args, registry, store):
-    from issueops.monitoring.payloads import NeverServed, logged_versions, payload_prefix, read_inference_log
+    from issueops.monitoring.inference_log import NeverServed, logged_versions, read_inference_log
+    from issueops.monitoring.payloads import payload_prefix
     from issueops.monitoring.performance import known_request_ids, record_feedback
     from issueops.monitoring.profile import load_reference_profile
 
@@ -306,7 +307,7 @@ def _serve(args, store) -> int:
     import threading
 
     from issueops.bridge.webhook import HttpServer
-    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.monitoring.receiver import make_receiver_app
 
     stop = threading.Event()

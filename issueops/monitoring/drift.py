@@ -39,7 +39,7 @@ from scipy.spatial import distance
 
 from issueops.errors import InvalidInput
 
-from .payloads import InferenceLog
+from .inference_log import InferenceLog
 from .profile import ReferenceProfile, predicted_values
 
 SMALL_REFERENCE_ROWS = 1_000  # up to this many reference rows: p-value tests, above: distances

@@ -168,7 +168,7 @@ def observe_models(registry, store) -> None:
     record in processes that end, read by the long-lived operator that exports them."""
     from datetime import datetime
 
-    from issueops.monitoring.triggers import load_state
+    from issueops.monitoring.trigger_state import load_state
 
     def timestamp(text: str | None) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None

@@ -33,7 +33,8 @@ from issueops.spec.catalog import METRICS
 from issueops.store import ObjectStore
 
 from .drift import MIN_ROWS, WindowTooSmall
-from .payloads import MONITORING_PREFIX, InferenceLog
+from .inference_log import InferenceLog
+from .payloads import MONITORING_PREFIX
 from .profile import ReferenceProfile
 
 MAX_FEEDBACK_BYTES = 64 * 1024 * 1024

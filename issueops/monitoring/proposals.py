@@ -29,7 +29,8 @@ from issueops.github import GitHubClient, Issue
 from issueops.spec.body import InputCheck, TrainingSpec, parse_issue_body, validate_spec
 from issueops.store import ObjectStore
 
-from .payloads import MONITORING_PREFIX, InferenceLog
+from .inference_log import InferenceLog
+from .payloads import MONITORING_PREFIX
 from .performance import labelled_rows
 from .proposal_ref import (  # noqa: F401 - re-exported: the names callers know proposals by
     APPROVE_COMMAND,

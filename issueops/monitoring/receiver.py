@@ -18,7 +18,8 @@ from aiohttp import web
 from issueops.bridge.webhook import metrics as metrics_route
 from issueops.errors import InvalidInput
 
-from .payloads import PayloadLogger, events_from_http
+from .payload_logger import PayloadLogger
+from .payloads import events_from_http
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a batch request's tensors; KServe posts one event at a time
 RECEIVER_PATHS = ("/", "/events")

@@ -14,14 +14,8 @@ from issueops.errors import InvalidInput, NotFound
 from issueops.store import ObjectStore
 
 from .drift import MIN_ROWS, Correction, DriftReport, check_drift
-from .payloads import (
-    InferenceLog,
-    NeverServed,
-    logged_versions,
-    parse_since,
-    payload_prefix,
-    read_inference_log,
-)
+from .inference_log import InferenceLog, NeverServed, logged_versions, read_inference_log
+from .payloads import parse_since, payload_prefix
 from .performance import MIN_LABELLED_ROWS, PerformanceReport, check_performance, read_feedback
 from .profile import ReferenceProfile, load_reference_profile
 

@@ -19,7 +19,7 @@ from issueops.errors import InvalidInput
 from issueops.serving.model import LoadedVersion
 
 if TYPE_CHECKING:
-    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.payload_logger import PayloadLogger
 
 
 class ServedModel(Model):

@@ -321,7 +321,7 @@ def _serve_process(
         source = RegistrySource(Registry.from_settings(settings))
     poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))
     ModelRepository, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
-    from issueops.monitoring.payloads import PayloadLogger
+    from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.serving import endpoints
 
     _quiet_kserve()
