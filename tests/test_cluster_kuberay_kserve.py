@@ -1,6 +1,6 @@
 """KubeRay's and KServe's own CRDs (from their Go modules) on the real API server: the RayJob the
-train step applies and the InferenceService the deploy step applies (canary, approval, rollback)
-are accepted with strict field validation and read back as written (the payload logger's wiring
+train step applies and the InferenceService the deploy step applies (canary, approval, rollback,
+also through the promotion path every approve and rollback takes) are accepted with strict field validation and read back as written (the payload logger's wiring
 too); manifests/kuberay and
 manifests/kserve pass a server-side dry run. No KubeRay or KServe controller runs: the test
 plays KubeRay's part by writing the RayJob's status, as its controller would."""
@@ -130,6 +130,47 @@ def test_the_inference_service_the_deploy_step_applies_through_canary_approval_a
     assert back.previous_version == 2 and stored["metadata"]["annotations"]["issueops.io/version"] == "1"
     assert stored["spec"]["predictor"]["model"]["storageUri"].endswith("/bc-rf/1/cpu")
     assert len(api.applied) == 4
+
+
+def test_approve_and_rollback_move_the_inference_service_on_the_api_server(
+    operators, namespace, store, tmp_path, monkeypatch
+):
+    """The one promotion path every door takes (issueops.registry.promotion) with
+    ISSUEOPS_SERVING=kserve: the canary the deploy step applied is promoted on approve and
+    reverted on rollback, as KServe's CRD stores them, with one audit record per move."""
+    from issueops.config import Settings
+    from issueops.registry.promotion import Production
+    from issueops.serving.kserve import VERSION_ANNOTATION, deploy_version, get
+    from tests.test_kserve import packaged, two_versions
+
+    monkeypatch.setenv("ISSUEOPS_SERVING", "kserve")
+    monkeypatch.setenv("ISSUEOPS_NAMESPACE", namespace)
+    registry = two_versions(tmp_path, "bc-rf")
+    packaged(store, "bc-rf", 1, 2)
+    api = Strict(operators)
+    for version, approved in ((1, True), (2, False)):
+        deploy_version("bc-rf", version, store=store, approved=approved, namespace=namespace, api=api)
+    production = Production(Settings.from_env(), registry=registry, store=store, api=api)
+
+    def served() -> tuple[str, int | None]:
+        stored = get("bc-rf", namespace, api=operators)
+        assert written(api.applied[-1], stored) == []
+        predictor = stored["spec"]["predictor"]
+        return stored["metadata"]["annotations"][VERSION_ANNOTATION], predictor.get("canaryTrafficPercent")
+
+    assert served() == ("2", 10)
+    approved = production.promote("bc-rf", 2, actor="carol", reason="looks good")
+    assert approved.version.in_production and served() == ("2", None)
+    rolled = production.roll_back("bc-rf", actor="carol", reason="drift")
+    assert rolled.to_version == 1 and served() == ("1", None)
+    moves = [r for r in registry.history("bc-rf") if r.action in ("promote", "rollback")][1:]
+    assert [(r.action, r.from_version, r.to_version) for r in moves] == [
+        ("promote", 1, 2),
+        ("rollback", 2, 1),
+    ]
+    assert all(
+        f"InferenceService {namespace}/bc-rf serves version {r.to_version}" in r.endpoint for r in moves
+    )
 
 
 def test_the_payload_logger_url_becomes_the_inference_services_logger_kserve_accepts(

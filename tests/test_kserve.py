@@ -345,6 +345,18 @@ def canaried(store, tmp_path, model: str, server):
     """Version 1 of `model` in production and served; version 2 registered by run
     train-20260102-000000-bbbb, pending, packaged and served as a canary beside it (as the
     pipeline's deploy step leaves a version that waits for /approve)."""
+    registry = two_versions(tmp_path, model)
+    packaged(store, model, 1, 2)
+    for version, approved in ((1, True), (2, False)):
+        deploy_version(
+            model, version, store=store, approved=approved, namespace=NAMESPACE, api=server.client()
+        )
+    assert served(server, model) == (2, 10)
+    return registry
+
+
+def two_versions(tmp_path, model: str):
+    """Version 1 of `model` approved (production), version 2 pending, in the registry of ISSUEOPS_HOME."""
     from issueops.config import Settings
     from issueops.registry.lifecycle import Registry
     from issueops.reporting.results import RunResult
@@ -361,12 +373,6 @@ def canaried(store, tmp_path, model: str, server):
         registry.register_version(
             model, result, registry.log_run(result, model_dir), model_dir, approve=approve, actor="test"
         )
-    packaged(store, model, 1, 2)
-    for version, approved in ((1, True), (2, False)):
-        deploy_version(
-            model, version, store=store, approved=approved, namespace=NAMESPACE, api=server.client()
-        )
-    assert served(server, model) == (2, 10)
     return registry
 
 
