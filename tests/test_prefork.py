@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 
-from issueops import prefork
 from issueops.config import Settings
 from issueops.errors import DatasetError
+from issueops.pipeline import prefork
 from issueops.pipeline.execution import check_inputs, preflight
 from issueops.pipeline.prefork import Preload, active_server, prefork_tasks, preload_for, task_parts
 from issueops.spec.body import parse_issue_body

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from issueops.config import Settings
+from issueops.config import Settings, utcnow
 from issueops.errors import IssueOpsError
 from issueops.logs import mask
-from issueops.pipeline.runs import RunRecord, utcnow
+from issueops.pipeline.runs import RunRecord
 from issueops.spec.body import TrainingSpec
 from issueops.store import open_store
 
@@ -68,7 +68,7 @@ def _record_error(
                 "kind": kind,
                 "exit_code": exit_code,
                 "problems": [mask(str(p)) for p in problems],
-                "time": utcnow(),
+                "time": utcnow().isoformat(),
             },
         )
     for problem in problems:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from issueops.store import ObjectStore, S3Store
 
 SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 TABLE_SUFFIXES = (".csv", ".parquet")
-MAX_DATASET_BYTES = int(os.environ.get("ISSUEOPS_MAX_DATASET_MB", "1024")) * 1024 * 1024
+MAX_DATASET_BYTES = Settings.from_env().max_dataset_mb * 1024 * 1024
 _STORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

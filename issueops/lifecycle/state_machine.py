@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from issueops.config import Settings, utcnow
 from issueops.errors import Conflict, InvalidInput
 from issueops.logs import log_context
 from issueops.monitoring import metrics
+from issueops.pipeline.runs import new_run_id
 from issueops.reporting.results import RunResult
 from issueops.spec.body import TrainingSpec, validate_spec
 from issueops.spec.catalog import ALGORITHMS
@@ -46,10 +47,6 @@ MAX_REMEMBERED_INPUTS = 200
 _NAME_SAFE = re.compile(r"[^a-z0-9-]+")
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -58,9 +55,10 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def operator_timeout_s(environ: dict[str, str] | None = None) -> float:
-    """ISSUEOPS_OPERATOR_TIMEOUT: seconds, or a number with s/m/h/d (default 24 h)."""
-    raw = (environ if environ is not None else os.environ).get("ISSUEOPS_OPERATOR_TIMEOUT", "")
+def operator_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    """ISSUEOPS_OPERATOR_TIMEOUT (of `environ`, default this process's environment): seconds, or a
+    number with s/m/h/d (default 24 h)."""
+    raw = Settings.from_env(environ).operator_timeout
     if not raw.strip():
         return DEFAULT_OPERATOR_TIMEOUT_S
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", raw)
@@ -309,10 +307,8 @@ def attempt_run_id(
     request: TrainingRequest, attempt: int, now: datetime | None = None, *, restart: int = 0
 ) -> str:
     """The run id of an attempt, fixed before submission so a restart never submits it twice."""
-    now = now or utcnow()
     key = f"{request.uid}:{attempt}" + (f":{restart}" if restart else "")
-    suffix = hashlib.sha1(key.encode()).hexdigest()[:4]
-    return f"train-{now:%Y%m%d-%H%M%S}-{suffix}"
+    return new_run_id(now, key=key)
 
 
 def new_request(

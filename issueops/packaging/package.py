@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from issueops.config import Settings
+from issueops.config import Settings, utcnow
 from issueops.errors import NotFound
 from issueops.packaging import triton
-from issueops.pipeline.runs import utcnow
 from issueops.store import ObjectStore, open_store
 
 
@@ -114,7 +113,7 @@ def package_model(
             "model": model,
             "version": info.version,
             "run_id": info.run_id,
-            "packaged_at": utcnow(),
+            "packaged_at": utcnow().isoformat(),
             "export": {k: v for k, v in exported.to_dict().items() if k != "onnx_path"},
             "targets": {t: {"uri": targets[t], "files": files[t], "plan": False} for t in targets},
         }

@@ -6,13 +6,14 @@ package re-exports these under the names the design gives them.
 """
 
 import functools
-import os
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-COMPONENT_IMAGE = os.environ.get("ISSUEOPS_COMPONENT_IMAGE", "ghcr.io/issueops/issueops-components:0.1.0")
+from issueops.config import Settings
+
+COMPONENT_IMAGE = Settings.from_env().component_image
 
 # The image (and the local venv) already hold kfp: installing it again costs every task a pip run.
 component = functools.partial(dsl.component, base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -102,7 +103,7 @@ def package(run_id: str, repository: Output[Model]) -> str:
 
 
 # NVIDIA's nvcr.io/nvidia/tensorrt:25.01-py3 with issueops installed on top.
-TENSORRT_IMAGE = os.environ.get("ISSUEOPS_TENSORRT_IMAGE", "ghcr.io/issueops/issueops-tensorrt:0.1.0")
+TENSORRT_IMAGE = Settings.from_env().tensorrt_image
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = "nvidia.com/gpu.present"  # NVIDIA GPU feature discovery sets it on GPU nodes
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from issueops.config import Settings
+from issueops.config import Settings, utcnow
 from issueops.errors import ExternalServiceError, IssueOpsError, error_kind, recorded_error
 from issueops.pipeline.prefork import ServerGone, active_server, prefork_tasks, preload_for
 from issueops.pipeline.runs import (
@@ -18,7 +18,6 @@ from issueops.pipeline.runs import (
     mark_interrupted,
     mark_owner,
     new_run_id,
-    utcnow,
 )
 from issueops.reporting.results import RunResult, StepTiming
 from issueops.spec.body import TrainingSpec
@@ -68,10 +67,16 @@ def start_request(
             "issue": issue,
             "repository": repository,
             "attempt": attempt,
-            "started_at": utcnow(),
+            "started_at": utcnow().isoformat(),
         },
     )
     return run_id
+
+
+def task_env(settings: Settings) -> dict[str, str]:
+    """What a local run hands its tasks beyond this process's environment: the run's ISSUEOPS_HOME,
+    which may be a Settings built in code rather than read from the environment."""
+    return {"ISSUEOPS_HOME": str(settings.home)}
 
 
 def run_local(
@@ -93,9 +98,7 @@ def run_local(
     """
     settings = settings or Settings.from_env()
     store = open_store(settings)
-    os.environ.setdefault("ISSUEOPS_RETRY_BACKOFF", "1s")
-    os.environ["ISSUEOPS_HOME"] = str(settings.home)
-    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):
+    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type), env=task_env(settings)):
         if not checked:
             preflight(spec, settings, store)
         run_id = start_request(
@@ -252,11 +255,12 @@ def run_with_status(
 
     run_id: chosen by the caller when it must name the run before it ends (the MCP tool does).
     """
-    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type)):  # preloads while we check
+    settings = settings or Settings.from_env()
+    preload = preload_for(spec.algorithm, spec.learning_type)
+    with prefork_tasks(preload, env=task_env(settings)):  # preloads while we check
         from issueops.pipeline.runs import PIPELINE_STEPS
         from issueops.reporting.status import StatusReport
 
-        settings = settings or Settings.from_env()
         run_id = run_id or new_run_id()
         target = spec.dataset_id or spec.environment
         report = StatusReport(

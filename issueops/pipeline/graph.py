@@ -5,10 +5,9 @@ production moves in `promote`, after packaging, so a version that cannot be pack
 The same function runs on Kubeflow Pipelines (compiled IR YAML) and on the local runner.
 """
 
-import os
-
 from kfp import dsl
 
+from issueops.config import TASK_SETTINGS, Settings
 from issueops.pipeline.components import (
     add_gpu_placement,
     build_tensorrt_engine,
@@ -28,35 +27,9 @@ from issueops.pipeline.policy import STEP_POLICIES, retry_backoff
 
 # On a cluster every task reads issueops' settings from the `issueops-config` ConfigMap and its
 # credentials from Secrets, as the operator does (manifests/operator/configmap.yaml,
-# manifests/kustomization.yaml): each optional, so a key left out keeps its default.
+# manifests/kustomization.yaml): each optional, so a key left out keeps its default. Which keys:
+# the Settings fields marked `task` (issueops.config.TASK_SETTINGS).
 SETTINGS_CONFIG_MAP = "issueops-config"
-TASK_SETTINGS = (
-    "ISSUEOPS_S3_ENDPOINT",
-    "ISSUEOPS_S3_BUCKET",
-    "ISSUEOPS_S3_PREFIX",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "GITHUB_REPOSITORY",
-    "GITHUB_API_URL",
-    "ISSUEOPS_HISTORY_BRANCH",
-    "ISSUEOPS_MANUAL_APPROVAL",
-    "ISSUEOPS_MAX_DATASET_MB",
-    "ISSUEOPS_SERVING",
-    "ISSUEOPS_SERVING_DEVICE",
-    "ISSUEOPS_CANARY_PERCENT",
-    "ISSUEOPS_NAMESPACE",
-    "ISSUEOPS_RL_RUNNER",
-    "ISSUEOPS_RAY_IMAGE",
-    "ISSUEOPS_NOTIFY_TIMEOUT",
-    "ISSUEOPS_SMTP_HOST",
-    "ISSUEOPS_SMTP_PORT",
-    "ISSUEOPS_SMTP_USER",
-    "ISSUEOPS_SMTP_FROM",
-    "ISSUEOPS_SMTP_TO",
-    "ISSUEOPS_SMTP_STARTTLS",
-    "ISSUEOPS_LOG_JSON",
-    "ISSUEOPS_LOG_LEVEL",
-)
 TASK_SECRETS = {
     "issueops-s3": {"access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"},
     "issueops-github": {"token": "GITHUB_TOKEN"},
@@ -118,7 +91,7 @@ def training_pipeline(spec_json: str, run_id: str, attempt: int = 1) -> str:
         registered = with_policy(register(run_id=run_id), "register")
         packaged = with_policy(package(run_id=run_id), "package").after(registered)
         upstream = [packaged]
-        if os.environ.get("ISSUEOPS_TENSORRT") == "1":  # read at compile time: GPU nodes with TensorRT
+        if Settings.from_env().tensorrt:  # read at compile time: GPU nodes with TensorRT
             engine = build_tensorrt_engine(run_id=run_id, repository=packaged.outputs["repository"])
             upstream.append(add_gpu_placement(with_policy(engine, "build_tensorrt_engine")))
         promoted = with_policy(promote(run_id=run_id), "promote").after(*upstream)

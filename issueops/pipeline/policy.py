@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from issueops.config import Settings
 
 
 @dataclass(frozen=True)
@@ -33,5 +34,9 @@ STEP_POLICIES: dict[str, StepPolicy] = {
 
 
 def retry_backoff() -> str:
-    """First retry delay; KFP doubles it each time. ISSUEOPS_RETRY_BACKOFF overrides (e.g. '0s')."""
-    return os.environ.get("ISSUEOPS_RETRY_BACKOFF", "30s")
+    """First retry delay; KFP doubles it each time. ISSUEOPS_RETRY_BACKOFF overrides (e.g. '0s');
+    unset, 1s when the pipeline is compiled for the local runner (kfp.local initialised), else 30s."""
+    from kfp.local import config as local_config
+
+    local = local_config.LocalExecutionConfig.instance is not None
+    return Settings.from_env().retry_backoff or ("1s" if local else "30s")

@@ -39,10 +39,12 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from issueops.config import Settings
 
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -223,6 +225,8 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
         for fd in (1, 2):
             os.dup2(fds[0], fd)
         os.chdir(request["cwd"])
+        # A fork takes on the environment of the task it runs (the caller's, as a fresh process
+        # would): the environment handed to a child process, not a setting read or changed.
         os.environ.clear()
         os.environ.update(request["env"])
         if request["kind"] == "call":
@@ -285,8 +289,9 @@ class ServerGone(ConnectionRefusedError):
 class PreforkServer:
     """The preloaded processes of one pipeline run, reached over Unix sockets in a private directory."""
 
-    def __init__(self, preload: Preload, *, forks_tasks: bool = True):
+    def __init__(self, preload: Preload, *, forks_tasks: bool = True, env: Mapping[str, str] | None = None):
         self.forks_tasks = forks_tasks
+        self.env = dict(env or {})  # the run's settings for its tasks, over this process's environment
         self._dir = tempfile.mkdtemp(prefix="issueops-prefork-")
         self.process = subprocess.Popen(
             [
@@ -297,7 +302,7 @@ class PreforkServer:
                 json.dumps(asdict(preload)),
                 str(os.getpid()),
             ],
-            env={**os.environ, "_KFP_RUNTIME": "true"},
+            env={**os.environ, **self.env, "_KFP_RUNTIME": "true"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # only import-time chatter; each task writes to the runner's stdout
             stderr=subprocess.DEVNULL,
@@ -323,7 +328,7 @@ class PreforkServer:
         client = self._connect(lane)
         request |= {
             "cwd": os.getcwd(),
-            "env": {**os.environ, **request.pop("env_vars", {}), "_KFP_RUNTIME": "true"},
+            "env": {**os.environ, **self.env, **request.pop("env_vars", {}), "_KFP_RUNTIME": "true"},
         }
         sys.stdout.flush()
         sys.stderr.flush()
@@ -366,7 +371,7 @@ class PreforkServer:
 
     def run_subprocess(self, full_command: Sequence[str], env_vars: dict[str, str] | None) -> int:
         """kfp's own subprocess start (subprocess_task_handler.run_local_subprocess), in the run's group."""
-        env = {**os.environ, **env_vars} if env_vars else None
+        env = {**os.environ, **self.env, **env_vars} if env_vars or self.env else None
         try:
             process = subprocess.Popen(
                 full_command,
@@ -414,19 +419,20 @@ def active_server() -> PreforkServer | None:
 
 
 @contextlib.contextmanager
-def prefork_tasks(preload: Preload) -> Iterator[PreforkServer | None]:
+def prefork_tasks(preload: Preload, env: Mapping[str, str] | None = None) -> Iterator[PreforkServer | None]:
     """While active, KFP's SubprocessRunner starts its tasks as forks of a preloaded server.
 
     Nested uses share the outer server, so a caller can start it early (its imports then overlap
-    the caller's own checks) and the run inside finds it ready.
+    the caller's own checks) and the run inside finds it ready. env: variables every task gets on
+    top of this process's environment (the outer use's, when nested).
     """
     global _active, _guarding
     if _active is not None or _guarding:
         yield _active
         return
-    forks = os.environ.get("ISSUEOPS_LOCAL_TASKS", "prefork") == "prefork"
+    forks = Settings.from_env().local_tasks == "prefork"
     # First: it loads while this process imports kfp. Without prefork it only guards the tasks.
-    server = PreforkServer(preload if forks else Preload((), (), ()), forks_tasks=forks)
+    server = PreforkServer(preload if forks else Preload((), (), ()), forks_tasks=forks, env=env)
     try:
         from kfp.local import subprocess_task_handler
     except BaseException:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from issueops.config import Settings, utcnow
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError, recorded_error
 from issueops.lifecycle import custom_resources
 from issueops.lifecycle.custom_resources import CustomResource
@@ -61,7 +61,7 @@ def rayjob_manifest(
     """The RayJob for `spec`'s run `run_id`, as a dict ready for the Kubernetes API or YAML."""
     if spec.learning_type != "reinforcement":
         raise InvalidInput(f"a RayJob runs reinforcement learning; this spec is {spec.learning_type}.")
-    image = image or os.environ.get("ISSUEOPS_RAY_IMAGE") or DEFAULT_IMAGE
+    image = image or Settings.from_env().ray_image
     params = resolved_hyperparameters(spec.algo, spec.hyperparameters)
     runners = int(params["num_env_runners"])
     train = STEP_POLICIES["train"]
@@ -249,7 +249,7 @@ def train_on_rayjob(
     steps recorded in the run (the real reason, not just "the job failed"). A job still running
     after `timeout_s` (default: its activeDeadlineSeconds and 5 minutes) is deleted.
     """
-    from issueops.pipeline.runs import RunRecord, utcnow
+    from issueops.pipeline.runs import RunRecord
     from issueops.store import LocalStore, download_dir
     from issueops.training.train import MANIFEST
 
@@ -258,7 +258,7 @@ def train_on_rayjob(
             "ISSUEOPS_RL_RUNNER=rayjob needs the object store in S3 (ISSUEOPS_S3_BUCKET): "
             "the job's pods upload the model there."
         )
-    namespace = namespace or os.environ.get("ISSUEOPS_NAMESPACE", NAMESPACE)
+    namespace = namespace or Settings.from_env().namespace
     api = api or custom_resources.api_client("ISSUEOPS_RL_RUNNER=rayjob")
     manifest = rayjob_manifest(spec, run_id, namespace=namespace)
     name = manifest["metadata"]["name"]
@@ -273,7 +273,7 @@ def train_on_rayjob(
     if earlier is not None and _deployment_status(earlier) in FINISHED:
         RAYJOBS.delete(namespace, name, api=api)
         _wait(lambda: RAYJOBS.get(namespace, name, api=api) is None, wait_s, poll_s, f"{where} to be deleted")
-    started = utcnow()
+    started = utcnow().isoformat()
     RAYJOBS.apply(manifest, api=api)
     log.info("applied %s; waiting for it to finish", where)
 

@@ -9,9 +9,9 @@ that module's own `python -m` prints one for a spec file, so the two entrypoints
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from issueops.config import Settings
 from issueops.pipeline.steps import prepare_data_step, train_step
 from issueops.training.reinforcement.ray import console_logging
 
@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m issueops.pipeline.rayjob_entrypoint", description=main.__doc__
     )
-    parser.add_argument("--run-id", default=os.environ.get("ISSUEOPS_RUN_ID"), required=False)
-    parser.add_argument("--spec-json", default=os.environ.get("ISSUEOPS_SPEC_JSON"))
+    settings = Settings.from_env()
+    parser.add_argument("--run-id", default=settings.run_id, required=False)
+    parser.add_argument("--spec-json", default=settings.spec_json)
     parser.add_argument("--work-dir", default=None, help="where processed/ and model/ are written")
     args = parser.parse_args(argv)
     if not args.run_id or not args.spec_json:

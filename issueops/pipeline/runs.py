@@ -10,6 +10,7 @@ gone without finishing reads as interrupted (`run_state`), never as a pass or an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,11 +21,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from issueops.config import Settings, utcnow
 from issueops.errors import IssueOpsError, lineage, recorded_error
 from issueops.logs import configure_logging, log_context, mask
 from issueops.monitoring import metrics
@@ -38,14 +40,12 @@ INTERRUPTED = "interrupted"  # the decision, and the step status, of a run whose
 log = logging.getLogger(__name__)
 
 
-def new_run_id(now: datetime | None = None) -> str:
-    """train-YYYYMMDD-HHMMSS-xxxx: the seed's job name plus a suffix so parallel runs never collide."""
-    now = now or datetime.now(UTC)
-    return f"train-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def new_run_id(now: datetime | None = None, *, key: str | None = None) -> str:
+    """train-YYYYMMDD-HHMMSS-xxxx: the job name plus a suffix so parallel runs never collide; with
+    `key`, the suffix is derived from it, so the same attempt always gets the same id."""
+    now = now or utcnow()
+    suffix = hashlib.sha1(key.encode()).hexdigest()[:4] if key else secrets.token_hex(2)
+    return f"train-{now:%Y%m%d-%H%M%S}-{suffix}"
 
 
 class RunRecord:
@@ -159,13 +159,13 @@ def mark_owner(store: ObjectStore, run_id: str, owner: RunOwner | None = None) -
 
 
 def mark_finished(store: ObjectStore, run_id: str) -> None:
-    RunRecord(store, run_id).write("finished.json", {"time": utcnow()})
+    RunRecord(store, run_id).write("finished.json", {"time": utcnow().isoformat()})
 
 
 def mark_interrupted(store: ObjectStore, run_id: str, reason: str) -> None:
     record = RunRecord(store, run_id)
     if record.read("interrupted.json") is None:
-        record.write("interrupted.json", {"time": utcnow(), "reason": reason})
+        record.write("interrupted.json", {"time": utcnow().isoformat(), "reason": reason})
 
 
 def run_state(store: ObjectStore, run_id: str) -> RunState:
@@ -204,8 +204,6 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     """Record a step's start, end and error; enforce its timeout where signals allow (local runner).
     What the step logs carries its run id and issue (JSON logs), and its end is logged with its
     duration and status."""
-    from issueops.config import Settings
-
     # A step runs in a process of its own (a fork of the local runner, a KFP pod): its lines go
     # to stderr (the run's log file, the pod's log), as JSON lines when asked.
     configure_logging("INFO", json_lines=Settings.from_env().log_json, service="issueops-step")
@@ -224,7 +222,9 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
         # with the same kind and the same explanation.
         raise recorded_error(earlier.get("lineage") or [earlier["kind"]], earlier["problems"])
     started = time.monotonic()
-    record.write(f"steps/{name}.json", {"name": name, "status": "running", "started_at": utcnow()})
+    record.write(
+        f"steps/{name}.json", {"name": name, "status": "running", "started_at": utcnow().isoformat()}
+    )
     policy = STEP_POLICIES.get(name)
 
     def on_timeout(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -255,7 +255,7 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
                 "exit_code": answer.exit_code,
                 "retry": answer.step_retry,
                 "problems": [mask(str(p)) for p in problems],
-                "time": utcnow(),
+                "time": utcnow().isoformat(),
             },
         )
         raise
@@ -264,7 +264,7 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
             "name": name,
             "status": "done",
             "seconds": round(time.monotonic() - started, 3),
-            "finished_at": utcnow(),
+            "finished_at": utcnow().isoformat(),
         }
         record.write(f"steps/{name}.json", status)
         _log_step_end(name, status)

@@ -6,13 +6,12 @@ mirrors its output directory into the seed's layout in the object store.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from issueops.config import Settings
+from issueops.config import Settings, actor, utcnow
 from issueops.errors import InvalidInput, NotFound
-from issueops.pipeline.runs import RunRecord, step_guard, utcnow
+from issueops.pipeline.runs import RunRecord, step_guard
 from issueops.spec.body import TrainingSpec
 from issueops.store import ObjectStore, open_store
 
@@ -21,7 +20,7 @@ if TYPE_CHECKING:  # each step imports only what it uses: every import is paid a
     from issueops.evaluation.supervised import EvaluationResult
 
 
-DEFAULT_GRPC_URL = "127.0.0.1:8001"
+PIPELINE_ACTOR = "issueops-pipeline"  # who the audit trail names for a step, unless ISSUEOPS_ACTOR says
 
 
 def _context() -> tuple[Settings, ObjectStore]:
@@ -52,7 +51,7 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
     _, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "train"):
-        runner = os.environ.get("ISSUEOPS_RL_RUNNER", "local").lower()
+        runner = Settings.from_env().rl_runner
         if runner not in ("local", "rayjob"):
             raise InvalidInput(f"ISSUEOPS_RL_RUNNER must be local or rayjob, not {runner!r}.")
         if spec.learning_type == "reinforcement" and runner == "rayjob":
@@ -101,7 +100,7 @@ def judge_step(spec_json: str, run_id: str, evaluation_dir: str, attempt: int) -
             champion=champion,
             max_regression=spec.max_regression,
         )
-        RunRecord(store, run_id).write("judgement.json", {**verdict.to_dict(), "time": utcnow()})
+        RunRecord(store, run_id).write("judgement.json", {**verdict.to_dict(), "time": utcnow().isoformat()})
     return verdict
 
 
@@ -145,7 +144,7 @@ def register_step(run_id: str) -> dict:
             mlflow_run_id,
             model_dir,
             approve=False,
-            actor=_actor(),
+            actor=actor(PIPELINE_ACTOR),
             approver=RunRecord(store, run_id).owner() if auto_approve else None,
         )
         registration = {
@@ -171,7 +170,7 @@ def promote_registered(run_id: str, settings: Settings, store: ObjectStore) -> d
         done = Production(settings, store=store).promote(
             registration["model_name"],
             registration["version"],
-            actor=_actor(),
+            actor=actor(PIPELINE_ACTOR),
             reason="auto-approved: the run passed evaluation and packaging",
         )
         info = done.version
@@ -206,7 +205,7 @@ def rollback_step(run_id: str) -> dict:
     with step_guard(store, run_id, "rollback"):
         result = collect_result(store, run_id)
         outcome = Production(settings, store=store).roll_back_request(
-            model_name_for(result.spec), run_id, reason=result.message, actor=_actor()
+            model_name_for(result.spec), run_id, reason=result.message, actor=actor(PIPELINE_ACTOR)
         )
         record = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
         RunRecord(store, run_id).write("rollback.json", record)
@@ -299,7 +298,7 @@ def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:
                 outcome = {"status": "skipped", "reason": str(exc)}
             except EngineCheckError as exc:
                 outcome = {"status": "rejected", "reason": str(exc)}
-        outcome["time"] = utcnow()
+        outcome["time"] = utcnow().isoformat()
         record.write("tensorrt.json", outcome)
     return outcome
 
@@ -323,7 +322,7 @@ def deploy_step(run_id: str) -> dict[str, Any]:
             raise NotFound(f"Run {run_id} has no package; the package step must run first.")
         model, version = package["model"], int(package["version"])
         approved = registration.get("alias") == "production"
-        mode = os.environ.get("ISSUEOPS_SERVING", "local").lower()
+        mode = settings.serving
         if mode == "kserve":
             from issueops.serving.kserve import deploy_version
 
@@ -333,13 +332,13 @@ def deploy_step(run_id: str) -> dict[str, Any]:
             serving = {
                 "mode": "local",
                 "endpoint": f"{http}/v2/models/{model}",
-                "grpc": os.environ.get("ISSUEOPS_SERVE_GRPC", DEFAULT_GRPC_URL),
+                "grpc": settings.serve_grpc,
                 "model": model,
                 "version": version,
                 "served_version": version if approved else _production_version(settings, model),
                 "note": "`issueops serve` serves the production version and follows it without a restart.",
             }
-        serving["time"] = utcnow()
+        serving["time"] = utcnow().isoformat()
         record.write("serving.json", serving)
     return serving
 
@@ -403,7 +402,3 @@ def _local_copy(store: ObjectStore, prefix: str, settings: Settings) -> Path:
         return store.root / prefix
     target = Path(tempfile.mkdtemp(prefix="issueops-", dir=settings.home if settings.home.exists() else None))
     return download_dir(store, prefix, target)
-
-
-def _actor() -> str:
-    return os.environ.get("ISSUEOPS_ACTOR") or "issueops-pipeline"

@@ -7,11 +7,11 @@ classes, hyperparameters); `load_model` reads it back.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from issueops.config import Settings
 from issueops.data.prepare import PreparedData
 from issueops.spec.body import TrainingSpec
 
@@ -30,7 +30,7 @@ def train_model(
     """Train `spec` on the prepared data and save it (with its preprocessing) under model_dir."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    n_jobs = int(os.environ.get("ISSUEOPS_CPUS", "0")) or -1
+    n_jobs = Settings.from_env().cpus or -1
     manifest: dict[str, Any] = {
         "run_id": run_id,
         "algorithm": spec.algorithm,

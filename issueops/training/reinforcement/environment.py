@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput, SpecError
 from issueops.spec.body import TrainingSpec
 from issueops.spec.catalog import resolved_hyperparameters
@@ -124,7 +125,7 @@ def check_environment(spec: TrainingSpec) -> dict[str, Any]:
         problems.append(f"{spec.algorithm} samples asynchronously and needs num_env_runners of 1 or more.")
     if problems:
         raise SpecError(problems[0], problems=problems)
-    address = os.environ.get("ISSUEOPS_RAY_ADDRESS")
+    address = Settings.from_env().ray_address
     if address:
         probe_ray_address(address)
     info: dict[str, Any] = {

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
 from issueops.spec.body import TrainingSpec
 from issueops.spec.catalog import resolved_hyperparameters
@@ -44,7 +45,7 @@ RL_MODULE_PATH = "checkpoint/learner_group/learner/rl_module/default_policy"
 
 def local_cpus() -> int:
     """CPUs for a locally started Ray: ISSUEOPS_RAY_CPUS, or all the machine has."""
-    raw = os.environ.get("ISSUEOPS_RAY_CPUS", "").strip()
+    raw = Settings.from_env().ray_cpus.strip()
     if not raw:
         return os.cpu_count() or 1
     try:
@@ -64,12 +65,13 @@ def ray_session(cpus_needed: int) -> Iterator[str]:
     """
     import ray
 
+    # Ray's own variable, read by Ray in this process and the workers it starts: no usage reports.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         _check_cpus(cpus_needed, int(ray.cluster_resources().get("CPU", 0)), "the running Ray")
         yield "existing Ray session"
         return
-    address = os.environ.get("ISSUEOPS_RAY_ADDRESS")
+    address = Settings.from_env().ray_address
     if address:
         probe_ray_address(address)
         try:
@@ -319,7 +321,7 @@ def console_logging() -> None:
     if not logging.getLogger().handlers:
         from issueops.logs import configure_logging
 
-        configure_logging(os.environ.get("ISSUEOPS_LOG_LEVEL", "INFO"))
+        configure_logging(Settings.from_env().log_level or "INFO")
 
 
 # ----------------------------------------------------------------------------- the policy
