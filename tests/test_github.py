@@ -25,16 +25,12 @@ from issueops.errors import (
 from issueops.github import GitHubClient, RetryPolicy, html_base_url
 from issueops.reporting.results import RunResult, StepTiming
 from issueops.reporting.status import (
-    QUESTION_MARKER,
     STATUS_MARKER,
-    SUMMARY_MARKER,
     ConsoleSink,
     GitHubCommentSink,
     StatusReport,
-    ask_operator,
     format_seconds,
     format_value,
-    post_summary,
     render_result_table,
     render_status,
     render_step,
@@ -554,19 +550,6 @@ def test_status_comment_is_one_comment_edited_in_place(gh, client):
     assert "| accuracy | 0.85 | 0.9561 | ✅ pass |" in status.body
     assert "**Finished** — ✅ pass" in status.body
 
-    post_summary(GitHubCommentSink(client, issue), run_result(), {"history": "https://x/h.md"})
-    ask_operator(
-        GitHubCommentSink(client, issue),
-        run_result(decision="retrain"),
-        attempts_left=2,
-        mention="alice",
-    )
-    comments = gh.comments_on(issue)
-    assert len(comments) == 3 and comments[0].id == status.id
-    assert comments[1].body.startswith(SUMMARY_MARKER) and "version 3" in comments[1].body
-    assert comments[2].body.startswith(QUESTION_MARKER) and "@alice" in comments[2].body
-    assert "adjusted_hyperparameters:\n  n_estimators: 100" in comments[2].body
-
 
 def test_status_resumes_an_existing_comment(gh, client):
     issue = gh.create_issue("t")
@@ -606,5 +589,3 @@ def test_console_sink_logs_one_line_per_event(caplog):
         "train: done in 4 s",
     ]
     assert "- [x] train (4 s)" in sink.last_body and "~~register~~ — skipped" in sink.last_body
-    post_summary(sink, run_result())
-    assert sink.posted and sink.posted[0].startswith(SUMMARY_MARKER)

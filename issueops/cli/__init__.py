@@ -8,7 +8,6 @@ the reader went away, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -201,10 +200,6 @@ def cmd_compile(args) -> int:
     compiler.Compiler().compile(training_pipeline, str(target))
     print(target)
     return 0
-
-
-def json_dump(data) -> str:
-    return json.dumps(data, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,6 @@ class OnnxPolicy:
         return self.session.run(["action"], {"obs": obs})[0]
 
 
-def load_policy(model_dir: Path) -> OnnxPolicy:
-    return OnnxPolicy(Path(model_dir) / read_manifest(model_dir)["file"])
-
-
 # ---------------------------------------------------------------------------- evaluation
 
 

@@ -21,7 +21,6 @@ from issueops.reporting.results import format_value as results_format_value
 log = logging.getLogger(__name__)
 
 STATUS_MARKER = "<!-- issueops:status -->"
-SUMMARY_MARKER = "<!-- issueops:summary -->"
 QUESTION_MARKER = "<!-- issueops:question -->"
 DECISION_BADGES = {
     "pass": "✅ pass",
@@ -155,77 +154,13 @@ def render_status(
     return "\n\n".join(parts) + "\n"
 
 
-def render_summary(result: RunResult, links: Mapping[str, str] | None = None) -> str:
-    """The final summary comment: decision, result table, model, metrics, links."""
-    badge = DECISION_BADGES.get(result.decision, result.decision)
-    parts = [
-        SUMMARY_MARKER,
-        f"### Training {badge} · run `{result.run_id}` · attempt {result.attempt}",
-        render_result_table(result),
-    ]
-    if result.message:
-        parts.append(result.message)
-    if approval := result.approval_note():
-        parts.append(f"⏳ **{approval}**")
-    if result.model_name:
-        model = f"**Model** `{result.model_name}`"
-        if result.model_version:
-            model += f" version {result.model_version}"
-        if result.alias:
-            model += f" (alias `{result.alias}`)"
-        parts.append(model)
-    others = {k: v for k, v in result.metrics.items() if k != result.evaluation_metric}
-    theirs = (result.champion or {}).get("metrics") or {}
-    if others and theirs:  # side by side, on the same data
-        header = production_score(result.champion)[0]
-        rows = [
-            f"| {cell(str(k))} | {format_value(v)} | {format_value(theirs.get(k))} |"
-            for k, v in sorted(others.items())
-        ]
-        parts.append("\n".join([f"| other metrics | value | {header} |", "|---|---|---|", *rows]))
-    elif others:
-        rows = [f"| {cell(str(k))} | {format_value(v)} |" for k, v in sorted(others.items())]
-        parts.append("\n".join(["| other metrics | value |", "|---|---|", *rows]))
-    all_links = result_links(result, links)
-    if all_links:
-        parts.append(render_links(all_links))
-    return "\n\n".join(parts) + "\n"
-
-
-def render_operator_question(
-    result: RunResult,
-    *,
-    attempts_left: int,
-    mention: str | None = None,
-    timeout_hours: float = 24,
-) -> str:
-    """Ask the operator for adjusted hyperparameters after a `retrain` decision."""
-    who = f"@{mention} " if mention else ""
-    current = result.spec.get("hyperparameters") or {}
-    example = "\n".join(f"  {k}: {v}" for k, v in current.items()) or "  max_depth: 5"
-    return (
-        f"{QUESTION_MARKER}\n"
-        f"### {who}The model needs another try\n\n"
-        f"{render_result_table(result)}\n\n"
-        f"{result.message}\n\n"
-        f"Reply with adjusted hyperparameters to train again ({attempts_left} attempt(s) left), "
-        f"for example:\n\n"
-        f"```yaml\nadjusted_hyperparameters:\n{example}\n```\n\n"
-        f"Only people with write access (or on the allowlist) can steer a run. Without an "
-        f"answer within {timeout_hours:g} h the request stops and the production model stays "
-        f"as it is.\n"
-    )
-
-
 # ---------------------------------------------------------------------- sinks
 
 
 class StatusSink(Protocol):
-    """Where a status report goes. `show` replaces the one status message; `post` adds one."""
+    """Where a status report goes: `show` replaces the one status message."""
 
     def show(self, body: str, *, event: str) -> None: ...
-
-    def post(self, body: str) -> None: ...
 
 
 class GitHubCommentSink:
@@ -244,9 +179,6 @@ class GitHubCommentSink:
         else:
             self.client.edit_comment(self.comment_id, body)
 
-    def post(self, body: str) -> None:
-        self.client.post_comment(self.issue, body)
-
 
 class ConsoleSink:
     """The status as log lines: one per event, the full report at the end (embedded default)."""
@@ -254,15 +186,10 @@ class ConsoleSink:
     def __init__(self, logger: logging.Logger | None = None):
         self.logger = logger or logging.getLogger("issueops.reporting.status")
         self.last_body: str | None = None
-        self.posted: list[str] = []
 
     def show(self, body: str, *, event: str) -> None:
         self.last_body = body
         self.logger.info("%s", event)
-
-    def post(self, body: str) -> None:
-        self.posted.append(body)
-        self.logger.info("%s", body)
 
 
 # ---------------------------------------------------------------------- the report
@@ -342,24 +269,3 @@ class StatusReport:
             self.sink.show(self.render(), event=event)
         except IssueOpsError as error:
             log.warning("could not update the status (%s): %s", event, error)
-
-
-def post_summary(sink: StatusSink, result: RunResult, links: Mapping[str, str] | None = None) -> None:
-    """Post the final summary as a new comment (raises on failure: the caller decides)."""
-    sink.post(render_summary(result, links))
-
-
-def ask_operator(
-    sink: StatusSink,
-    result: RunResult,
-    *,
-    attempts_left: int,
-    mention: str | None = None,
-    timeout_hours: float = 24,
-) -> None:
-    """Post the question to the operator as a new comment (raises on failure)."""
-    sink.post(
-        render_operator_question(
-            result, attempts_left=attempts_left, mention=mention, timeout_hours=timeout_hours
-        )
-    )
