@@ -1,4 +1,4 @@
-"""The object store with the seed's layout: datasets/<id>/raw/, processed/, models/, evaluations/.
+"""The object store, laid out by stage: datasets/<id>/raw/, processed/, models/, evaluations/.
 
 A local directory by default; S3 (or any S3-compatible server) through boto3 when
 ISSUEOPS_S3_ENDPOINT / ISSUEOPS_S3_BUCKET are set.

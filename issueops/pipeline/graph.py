@@ -43,7 +43,7 @@ TASK_SECRETS = {
 
 
 def with_policy(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
-    """The seed's retries on the task, its timeout as the pod deadline on a cluster, and the
+    """The step's retries (policy.py) on the task, its timeout as the pod deadline on a cluster, and the
     settings and credentials every step reads there."""
     from kfp import kubernetes
 

@@ -1,4 +1,4 @@
-"""Per-step timeouts and retries, the seed's figures, applied to KFP tasks and the local runner alike."""
+"""Per-step timeouts and retries (the README's "The pipeline" lists them), applied to KFP tasks and the local runner alike."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The pipeline's steps as plain functions: what each KFP component calls, in one line.
 
 Each step reads its settings from the environment, records itself in runs/<run_id>/ and
-mirrors its output directory into the seed's layout in the object store.
+mirrors its output directory into the object store's layout (store.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The model registry over MLflow: one tracking run per attempt, registered versions with the
-seed's approval states, the `production` alias, rollback, and an audit trail of every change.
+"""The model registry over MLflow: one tracking run per attempt, registered versions with
+SageMaker's approval states, the `production` alias, rollback, and an audit trail of every change.
 
 Approval state is the version tag `approval_status`: PendingManualApproval, then Approved (the one
 version the alias `production` points at), Archived once it leaves production, or Rejected (never

@@ -168,7 +168,7 @@ FEATURE_DIM = Param(
     1,
     1_000_000,
     nullable=True,
-    help="number of input features (the seed's SageMaker spelling); checked against the data",
+    help="number of input features (SageMaker's spelling); checked against the data",
 )
 _NN_COMMON = (
     Param("hidden_units", "int_list", [64, 32], 1, 4096, help="units per hidden layer"),
