@@ -356,7 +356,7 @@ class RequestController:
         else:  # pragma: no cover - OperatorInput checks the action
             raise InvalidInput(f"unknown action {given.action}")
         request.applied_inputs = request.applied_inputs + [given.id]
-        return messages.conflict(reply)
+        return messages.plain_reply(reply)
 
     # ------------------------------------------------------------------ comments
 

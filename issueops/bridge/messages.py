@@ -177,7 +177,8 @@ def proposal_already_approved(command: str, request: TrainingRequest) -> str:
     )
 
 
-def conflict(message: str) -> str:
+def plain_reply(message: str) -> str:
+    """A reply saying `message` as it is: a command's outcome, done or refused."""
     return f"{REPLY_MARKER}\n{message}\n"
 
 

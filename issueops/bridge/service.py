@@ -300,7 +300,7 @@ class Bridge:
         try:
             reply = self.book.apply(request, given)
         except (Conflict, NotFound) as error:
-            self._reply(client, intent.issue, messages.conflict(str(error)))
+            self._reply(client, intent.issue, messages.plain_reply(str(error)))
             return f"/{intent.action} refused: {error}"
         except InvalidInput as error:
             self._reply(client, intent.issue, messages.input_rejected(request, error.problems))

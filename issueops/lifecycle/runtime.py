@@ -179,7 +179,7 @@ class OperatorRuntime:
             set_condition(request, "InputAccepted", False, "Rejected", str(error))
             request.message = f"Operator input not applied: {error}"
             body_text = (
-                messages.conflict(str(error))
+                messages.plain_reply(str(error))
                 if isinstance(error, Conflict | NotFound)
                 else messages.input_rejected(request, error.problems)
             )
