@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -28,8 +27,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from issueops.bridge.answers import ANSWERS, RequestView
-from issueops.cli.registry import actor
-from issueops.config import Settings
+from issueops.config import Settings, actor
 from issueops.data.prepare import DatasetDescription
 from issueops.errors import IssueOpsError, NotFound
 from issueops.evaluation.supervised import VersionComparison
@@ -106,7 +104,7 @@ server = MCPServer(
         "bridge's training requests and compare versions. Start with list_algorithms or validate_spec."
     ),
     lifespan=lifespan,
-    log_level=os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING").upper(),
+    log_level=(Settings.from_env().log_level or "WARNING").upper(),
 )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 
@@ -35,7 +34,7 @@ from issueops.lifecycle.state_machine import ACTIVE_PHASES
 from issueops.logs import JsonFormatter
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-INTERVAL = float(os.environ.get("ISSUEOPS_OPERATOR_INTERVAL", "5"))
+INTERVAL = Settings.from_env().operator_interval_s
 MODELS_INTERVAL = 60  # seconds between reads of the registry and triggers.json for the gauges
 
 
@@ -69,7 +68,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    memo.runtime = OperatorRuntime.from_env()
+    # `--local` arrives in the memo (main); without it ISSUEOPS_OPERATOR_LOCAL decides.
+    memo.runtime = OperatorRuntime.from_env(local=True if memo.get("local") else None)
     ours = Settings.from_env()
     if ours.log_json:  # kopf set up its own handlers; their lines become ours
         for handler in logging.getLogger().handlers:
@@ -167,12 +167,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--namespace", "-n", action="append", default=[], help="namespace(s)")
     parser.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
     args = parser.parse_args(argv)
-    if args.local:
-        os.environ["ISSUEOPS_OPERATOR_LOCAL"] = "1"
-    kopf.configure(verbose=bool(os.environ.get("ISSUEOPS_DEBUG")))
+    settings = Settings.from_env()
+    kopf.configure(verbose=settings.debug)
     kopf.run(
         standalone=True,
-        namespaces=args.namespace or [os.environ.get("ISSUEOPS_NAMESPACE", "default")],
+        memo=kopf.Memo(local=args.local),
+        namespaces=args.namespace or [settings.namespace if settings.namespace_given else "default"],
         liveness_endpoint=args.liveness,
     )
     return 0

@@ -116,7 +116,6 @@ def answer_request(
     NotFound) when the answer cannot apply, and then nothing changed."""
     from issueops.bridge.backends import LocalRunBackend
     from issueops.bridge.controller import GitHubClients, IssueReporter, RequestController
-    from issueops.bridge.service import allowlist_from_env
 
     if action not in ANSWERS:
         raise InvalidInput(f"{action!r} is not an answer; one of {', '.join(ANSWERS)}.")
@@ -132,7 +131,9 @@ def answer_request(
     request = store.load(name)
     github = github or GitHubClients(settings)
     client = github(request.repository) if request.repository else None
-    allowlist = allowlist_from_env() if allowlist is None else frozenset(a.lower() for a in allowlist)
+    allowlist = (
+        Settings.from_env().allowlist if allowlist is None else frozenset(a.lower() for a in allowlist)
+    )
     if not may_steer(client, actor, allowlist):
         where = (
             f"write, maintain or admin access to {request.repository}"

@@ -90,6 +90,7 @@ class LocalRunBackend:
             command += ["--issue", str(issue)]
         if repository:
             command += ["--repository", repository]
+        # The attempt is a child process: it gets this environment, with the run's home and repository.
         env = {**os.environ, **self.env, "ISSUEOPS_HOME": str(self.settings.home)}
         if repository:
             env["GITHUB_REPOSITORY"] = repository
@@ -226,13 +227,13 @@ class KfpRunBackend:
 
 def backend_from_env(settings: Settings, *, local: bool | None = None) -> RunBackend:
     """KFP when ISSUEOPS_KFP_HOST is set (and not `local`), else the local subprocess runner."""
-    host = os.environ.get("ISSUEOPS_KFP_HOST")
+    host = settings.kfp_host
     if local is None:
-        local = os.environ.get("ISSUEOPS_OPERATOR_LOCAL", "").lower() in ("1", "true", "yes")
+        local = settings.operator_local
     if host and not local:
         return KfpRunBackend(
             host,
-            experiment=os.environ.get("ISSUEOPS_KFP_EXPERIMENT", "issueops"),
-            namespace=os.environ.get("ISSUEOPS_KFP_NAMESPACE") or None,
+            experiment=settings.kfp_experiment,
+            namespace=settings.kfp_namespace,
         )
     return LocalRunBackend(settings)

@@ -8,11 +8,11 @@ operator will, so that a bad comment is answered at once and never reaches the c
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
 from issueops.bridge import messages
+from issueops.config import Settings
 from issueops.errors import Conflict, ExternalServiceError, InvalidInput, NotFound, Unauthorized
 from issueops.lifecycle.crd import GROUP, KIND, PLURAL, VERSION
 from issueops.lifecycle.state_machine import OperatorInput, TrainingRequest, apply_input, request_name
@@ -62,13 +62,13 @@ class KubernetesBook:
         self.api, self.namespace = api, namespace
 
     @classmethod
-    def from_env(cls) -> KubernetesBook:
+    def from_settings(cls, settings: Settings) -> KubernetesBook:
         from kubernetes import client
 
         from issueops.lifecycle.custom_resources import api_client
 
         api = client.CustomObjectsApi(api_client("ISSUEOPS_BRIDGE_MODE=cluster"))
-        namespace = os.environ.get("ISSUEOPS_NAMESPACE")
+        namespace = settings.namespace if settings.namespace_given else None
         if not namespace and SERVICE_ACCOUNT_NAMESPACE.exists():
             namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
         return cls(api, namespace or "issueops")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,14 +47,9 @@ DEFAULT_MAX_RUNNING = 10
 MAX_STEPS_PER_TICK = 8
 
 
-def allowlist_from_env() -> frozenset[str]:
-    """ISSUEOPS_ALLOWLIST: comma- or space-separated GitHub logins that may always steer."""
-    raw = os.environ.get("ISSUEOPS_ALLOWLIST", "")
-    return frozenset(n.strip().lower() for n in raw.replace(",", " ").split() if n.strip())
-
-
-def max_running_from_env() -> int:
-    raw = os.environ.get("ISSUEOPS_MAX_RUNNING", "")
+def running_limit(settings: Settings) -> int:
+    """ISSUEOPS_MAX_RUNNING, checked: a whole number of attempts, at least 1."""
+    raw = settings.max_running
     try:
         value = int(raw) if raw.strip() else DEFAULT_MAX_RUNNING
     except ValueError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from issueops.config import Settings
@@ -26,20 +25,19 @@ def open_bridge(
     from issueops.bridge.service import (
         Bridge,
         LocalBook,
-        allowlist_from_env,
-        max_running_from_env,
+        running_limit,
     )
     from issueops.lifecycle.request_store import RequestStore
 
-    github = github or GitHubClients(
-        settings, throttle=os.environ.get("ISSUEOPS_GITHUB_THROTTLE", "1") not in ("0", "false")
-    )
+    # How the bridge behaves is read now, as it opens; where its state lives comes with `settings`.
+    behaviour = Settings.from_env()
+    github = github or GitHubClients(settings, throttle=behaviour.github_throttle)
     if cluster is None:
-        cluster = os.environ.get("ISSUEOPS_BRIDGE_MODE", "embedded").lower() == "cluster"
+        cluster = behaviour.bridge_mode == "cluster"
     if cluster:
         from issueops.bridge.kube import KubernetesBook
 
-        book = KubernetesBook.from_env()
+        book = KubernetesBook.from_settings(behaviour)
     else:
         if backend is None:
             from issueops.bridge.backends import LocalRunBackend
@@ -50,13 +48,13 @@ def open_bridge(
             settings,
             RequestStore(settings.home),
             controller,
-            max_running=max_running if max_running is not None else max_running_from_env(),
+            max_running=max_running if max_running is not None else running_limit(behaviour),
         )
     return Bridge(
         book,
         Inbox.for_home(settings.home),
         github,
-        allowlist=allowlist if allowlist is not None else allowlist_from_env(),
-        label=os.environ.get("ISSUEOPS_LABEL", "mlops:train"),
+        allowlist=allowlist if allowlist is not None else behaviour.allowlist,
+        label=behaviour.label,
         repository=settings.github_repository,
     )

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from issueops.cli.exits import answered
+from issueops.config import Settings
 from issueops.errors import InvalidInput
 from issueops.logs import configure_logging
 
@@ -23,12 +24,17 @@ MAX_SPEC_FILE_BYTES = 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return answered(_logged)(args)
+
+
+def _logged(args: argparse.Namespace) -> int:
+    """The command with logging as the settings ask; read inside `answered`, so a bad setting is
+    a sentence on stderr, not a traceback."""
+    settings = Settings.from_env()
     configure_logging(
-        os.environ.get("ISSUEOPS_LOG_LEVEL", "WARNING"),
-        json_lines=bool(os.environ.get("ISSUEOPS_LOG_JSON")),
-        service=f"issueops-{args.command}",
+        settings.log_level or "WARNING", json_lines=settings.log_json, service=f"issueops-{args.command}"
     )
-    return answered(args.handler)(args)
+    return args.handler(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +105,6 @@ def cmd_validate(args) -> int:
 
     check_inputs = None
     if not args.spec_only:
-        from issueops.config import Settings
         from issueops.pipeline.execution import preflight
         from issueops.store import open_store
 
@@ -128,7 +133,7 @@ def cmd_run(args) -> int:
     console = os.fdopen(os.dup(2), "w", buffering=1)
 
     def progress(step) -> None:
-        if not args.json or os.environ.get("ISSUEOPS_PROGRESS"):
+        if not args.json or Settings.from_env().progress:
             took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
             print(f"  {step.name:<14} {step.status}{took}", file=console)
 

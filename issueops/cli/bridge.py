@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
 
+from issueops.config import Settings
 from issueops.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -20,13 +20,13 @@ def add_bridge_parser(subparsers) -> None:
     serve = commands.add_parser("serve", help="receive GitHub webhooks (needs GITHUB_WEBHOOK_SECRET)")
     serve.add_argument(
         "--host",
-        default=os.environ.get("ISSUEOPS_BRIDGE_HOST", "127.0.0.1"),
+        default=Settings.from_env().bridge_host,
         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)",
     )
     serve.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("ISSUEOPS_BRIDGE_PORT", "8080")),
+        default=Settings.from_env().bridge_port,  # a string: argparse converts it with `type`
         help="port to listen on (default 8080)",
     )
     serve.set_defaults(handler=cmd_serve)
@@ -51,14 +51,13 @@ def _stop_on_signals() -> threading.Event:
 def cmd_serve(args) -> int:
     from issueops.bridge.webhook import HttpServer, make_app
     from issueops.bridge.wiring import open_bridge
-    from issueops.config import Settings
 
-    secret = os.environ.get("GITHUB_WEBHOOK_SECRET")
+    settings = Settings.from_env()
+    secret = settings.github_webhook_secret
     if not secret:
         raise InvalidInput("Set GITHUB_WEBHOOK_SECRET to the secret configured on the GitHub webhook.")
     if not 0 < args.port < 65536:
         raise InvalidInput(f"--port must be 1-65535, got {args.port}.")
-    settings = Settings.from_env()
     bridge = open_bridge(settings)
     stop = _stop_on_signals()
     server = HttpServer(make_app(bridge.inbox, secret), args.host, args.port).start()
@@ -77,7 +76,6 @@ def cmd_serve(args) -> int:
 def cmd_poll(args) -> int:
     from issueops.bridge.poll import GitHubAskedToWait, Poller
     from issueops.bridge.wiring import open_bridge
-    from issueops.config import Settings
 
     if args.interval < 1:
         raise InvalidInput("--interval must be at least 1 second.")

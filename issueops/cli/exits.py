@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import ParamSpec
 
+from issueops.config import Settings
 from issueops.errors import IssueOpsError
 from issueops.logs import mask
 
@@ -45,7 +46,7 @@ def answered(command: Callable[P, int]) -> Callable[P, int]:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as exc:  # a bug of ours: one line for the user, the traceback only on request
-            if os.environ.get("ISSUEOPS_DEBUG"):
+            if _debugging():
                 raise
             print(
                 f"internal error: {mask(f'{type(exc).__name__}: {exc}')} (set ISSUEOPS_DEBUG=1 for details)",
@@ -54,3 +55,11 @@ def answered(command: Callable[P, int]) -> Callable[P, int]:
             return EXIT_INTERNAL_ERROR
 
     return run
+
+
+def _debugging() -> bool:
+    """ISSUEOPS_DEBUG; False when the settings themselves are bad (that is said elsewhere)."""
+    try:
+        return Settings.from_env().debug
+    except IssueOpsError:
+        return False

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from issueops.cli.exits import answered
+from issueops.config import actor
 
 
 def add_registry_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,10 +43,6 @@ def add_registry_parser(subparsers) -> argparse.ArgumentParser:
     action("history", "the audit trail of a model, oldest first").add_argument("model")
     registry.set_defaults(handler=run_registry_command)
     return registry
-
-
-def actor() -> str:
-    return os.environ.get("ISSUEOPS_ACTOR") or os.environ.get("USER") or "unknown"
 
 
 @answered

@@ -10,7 +10,6 @@ operator resumes from: the run id is in the status before its run is submitted.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from issueops.bridge import messages
 from issueops.bridge.backends import backend_from_env
 from issueops.bridge.controller import GitHubClients, IssueReporter, RequestController
-from issueops.bridge.service import max_running_from_env
+from issueops.bridge.service import running_limit
 from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
 from issueops.lifecycle.state_machine import (
@@ -109,10 +108,9 @@ class OperatorRuntime:
         settings = Settings.from_env()
         settings.home.mkdir(parents=True, exist_ok=True)
         backend = backend_from_env(settings, local=local)
-        throttle = os.environ.get("ISSUEOPS_GITHUB_THROTTLE", "1") not in ("0", "false")
-        reporter = IssueReporter(GitHubClients(settings, throttle=throttle))
+        reporter = IssueReporter(GitHubClients(settings, throttle=settings.github_throttle))
         controller = RequestController(settings, backend, reporter)
-        return cls(controller, Admission(max_running_from_env()))
+        return cls(controller, Admission(running_limit(settings)))
 
     def request(self, body: Mapping[str, Any]) -> TrainingRequest:
         """The request a resource describes; InvalidInput when its spec can never run."""

@@ -48,7 +48,7 @@ class HistoryRecord:
 
 
 def history_branch() -> str:
-    return os.environ.get("ISSUEOPS_HISTORY_BRANCH") or DEFAULT_BRANCH
+    return Settings.from_env().history_branch or DEFAULT_BRANCH
 
 
 def run_time(result: RunResult) -> datetime:

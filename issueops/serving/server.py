@@ -119,7 +119,7 @@ class Reloader:
         self.names, self.poll_s, self.threads, self.on_change = names, poll_s, threads, on_change
         self.payload_log = payload_log
         self.refused: dict[str, Refusal] = {}
-        self.retry_s = float(os.environ.get("ISSUEOPS_SERVE_RETRY_S", RETRY_REFUSED_S))
+        self.retry_s = float(Settings.from_env().serve_retry_s or RETRY_REFUSED_S)
 
     def load(self, model: str, version: int):
         """Fetch, verify and load one version (blocking: run it in a worker thread)."""
@@ -319,7 +319,7 @@ def _serve_process(
         from issueops.registry.lifecycle import Registry
 
         source = RegistrySource(Registry.from_settings(settings))
-    poll_s = poll_s if poll_s is not None else float(os.environ.get("ISSUEOPS_SERVE_POLL_S", DEFAULT_POLL_S))
+    poll_s = poll_s if poll_s is not None else float(settings.serve_poll_s or DEFAULT_POLL_S)
     ModelRepository, GRPCServer, ModelRepositoryExtension, RESTServer = _import_kserve()
     from issueops.monitoring.payload_logger import PayloadLogger
     from issueops.serving import endpoints
@@ -335,7 +335,7 @@ def _serve_process(
         cache or settings.home / "serving",
         names=[model] if model else None,
         poll_s=poll_s,
-        threads=int(os.environ.get("ISSUEOPS_SERVE_THREADS", "1")),
+        threads=int(settings.serve_threads),
         payload_log=payload_log,
     )
 
@@ -410,7 +410,7 @@ def _body_timeout_s() -> float:
     anything listens."""
     from issueops.serving.endpoints import BODY_TIMEOUT_S
 
-    value = os.environ.get("ISSUEOPS_SERVE_BODY_TIMEOUT_S", "").strip()
+    value = Settings.from_env().serve_body_timeout_s.strip()
     try:
         seconds = float(value) if value else BODY_TIMEOUT_S
     except ValueError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import smtplib
 import ssl
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
 from issueops.logs import mask, register_secret
 from issueops.reporting.notify.messages import (
@@ -248,30 +248,32 @@ class EmailChannel:
 
 
 def channels_from_env(
-    environ: Mapping[str, str] = os.environ,
+    environ: Mapping[str, str] | None = None,
     post_comment: Callable[[int, str], str | None] | None = None,
     *,
     console: bool = True,
 ) -> list[Channel]:
-    """Every channel the environment configures, console first; secrets are registered for masking.
+    """Every channel the settings of `environ` (default: this process's environment) configure,
+    console first; secrets are registered for masking.
 
     Raises `InvalidInput` naming each bad variable (never its value) when the configuration is
     malformed, so that a typo shows at start-up instead of as a silent missing notification.
     """
 
+    settings = Settings.from_env(environ)
+
     def get(name: str) -> str | None:
-        value = environ.get(name, "").strip()
+        value = (getattr(settings, name) or "").strip()
         return value or None
 
-    for name in ("ISSUEOPS_SLACK_WEBHOOK_URL", "ISSUEOPS_TEAMS_WEBHOOK_URL",
-                 "ISSUEOPS_DISCORD_WEBHOOK_URL", "ISSUEOPS_SMTP_PASSWORD"):  # fmt: skip
+    for name in ("slack_webhook_url", "teams_webhook_url", "discord_webhook_url", "smtp_password"):
         value = get(name)
-        if value and name.endswith("_URL"):
+        if value and name.endswith("_url"):
             _register_url(value)
         register_secret(value)
 
     problems: list[str] = []
-    timeout = _number(get("ISSUEOPS_NOTIFY_TIMEOUT"), DEFAULT_TIMEOUT, "ISSUEOPS_NOTIFY_TIMEOUT", problems)
+    timeout = _number(get("notify_timeout"), DEFAULT_TIMEOUT, "ISSUEOPS_NOTIFY_TIMEOUT", problems)
     channels: list[Channel] = [ConsoleChannel()] if console else []
     if post_comment is not None:
         channels.append(GitHubCommentChannel(post_comment))
@@ -280,7 +282,7 @@ def channels_from_env(
         ("ISSUEOPS_TEAMS_WEBHOOK_URL", TeamsChannel),
         ("ISSUEOPS_DISCORD_WEBHOOK_URL", DiscordChannel),
     ):
-        url = get(name)
+        url = get(name.removeprefix("ISSUEOPS_").lower())
         if url is None:
             continue
         if not url.startswith(("https://", "http://")) or not urlsplit(url).hostname:
@@ -288,13 +290,13 @@ def channels_from_env(
             continue
         channels.append(cls(url, timeout=timeout))
 
-    host = get("ISSUEOPS_SMTP_HOST")
+    host = get("smtp_host")
     if host:
-        port = int(_number(get("ISSUEOPS_SMTP_PORT"), DEFAULT_SMTP_PORT, "ISSUEOPS_SMTP_PORT", problems))
-        user = get("ISSUEOPS_SMTP_USER")
-        sender = get("ISSUEOPS_SMTP_FROM") or (user if user and "@" in user else None)
-        recipients = [a.strip() for a in (get("ISSUEOPS_SMTP_TO") or "").split(",") if a.strip()]
-        starttls_text = (get("ISSUEOPS_SMTP_STARTTLS") or "true").lower()
+        port = int(_number(get("smtp_port"), DEFAULT_SMTP_PORT, "ISSUEOPS_SMTP_PORT", problems))
+        user = get("smtp_user")
+        sender = get("smtp_from") or (user if user and "@" in user else None)
+        recipients = [a.strip() for a in (get("smtp_to") or "").split(",") if a.strip()]
+        starttls_text = (get("smtp_starttls") or "true").lower()
         if starttls_text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             problems.append("ISSUEOPS_SMTP_STARTTLS must be true or false")
         if not sender:
@@ -309,7 +311,7 @@ def channels_from_env(
                     sender,
                     port=port,
                     user=user,
-                    password=get("ISSUEOPS_SMTP_PASSWORD"),
+                    password=get("smtp_password"),
                     starttls=starttls_text in ("1", "true", "yes", "on"),
                     timeout=timeout,
                 )
