@@ -626,7 +626,8 @@ def test_poll_queues_labelled_issues_and_new_comments_with_conditional_requests(
         found = poller.poll_once()
         assert found.queued == 1 and found.not_modified == 0
         again = poller.poll_once()
-        assert again.queued == 0 and again.not_modified == 1  # 304: costs no rate limit
+        # 304 for the training issues, and for the proposals listed beside them: costs no rate limit
+        assert again.queued == 0 and again.not_modified == 2
         gh.advance(2)
         gh.add_comment(number, "/status", user="alice")
         gh.add_comment(number, f"{QUESTION_MARKER} ours", user="issueops-bot")
@@ -1410,6 +1411,27 @@ def test_the_train_label_on_a_proposal_starts_its_spec_and_the_approval_then_add
     hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))
     hub.process()
     assert [r.name for r in hub.store.all() if r.issue == number] == [request.name]
+
+
+def test_polling_reads_approve_retrain_on_a_proposal_and_starts_its_request(hub, gh, settings):
+    """Where the bridge polls, `/approve-retrain` on a proposal (which has no training label) is
+    seen as a webhook would deliver it; the proposal itself is no request until approved."""
+    number = gh.create_issue(
+        "Retrain bc-rf: drift", body=proposal_body(), labels=["mlops:retrain-proposal"], user="issueops-bot"
+    )
+    poller = Poller(settings, hub.bridge.inbox)
+    try:
+        assert poller.poll_once().queued == 0
+        gh.advance(2)
+        gh.add_comment(number, "Looks right.\n/approve-retrain", user="alice")
+        assert poller.poll_once().queued == 1
+        hub.process()
+        request = hub.request(number)
+        assert request is not None and request.requested_by == "alice"
+        assert request.spec == parse_issue_body(proposal_body())
+        assert poller.poll_once().queued == 0  # the approval is read once
+    finally:
+        poller.close()
 
 
 def test_approve_retrain_refused_for_strangers_and_explained_off_proposals(hub, gh):

@@ -1,7 +1,8 @@
 """`issueops bridge poll`: the webhook's events from the REST API, for repositories without a public URL.
 
 Each round lists open issues with the training label updated since a persisted cursor, then the
-new comments of those issues. Every list is a conditional request (If-None-Match with the ETag of
+new comments of those issues; then the open retraining proposals (`mlops:retrain-proposal`) the
+same way, for their comments only (`/approve-retrain`): a proposal is no request until approved. Every list is a conditional request (If-None-Match with the ETag of
 the last answer), so a quiet repository costs no rate limit: GitHub does not count a 304. What is
 found goes into the same durable inbox as webhook deliveries, under ids that make a second sight of
 the same thing a duplicate. Retry-After and an exhausted X-RateLimit-Remaining (wait until
@@ -30,11 +31,13 @@ from issueops.bridge.messages import is_own_comment
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, InvalidInput
 from issueops.logs import register_secret
+from issueops.monitoring.proposal_ref import PROPOSAL_LABEL
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
 CURSOR_KEY = "poll:cursor:{repo}"
+PROPOSAL_CURSOR_KEY = "poll:cursor:{repo}:proposals"
 ETAG_KEY = "poll:etag:{url}"
 COMMENT_CURSOR_KEY = "poll:comments:{repo}:{issue}"
 
@@ -62,6 +65,7 @@ class Poller:
         inbox: Inbox,
         *,
         label: str = TRAIN_LABEL,
+        proposal_label: str = PROPOSAL_LABEL,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ):
@@ -69,7 +73,7 @@ class Poller:
             raise InvalidInput("polling needs GITHUB_TOKEN and GITHUB_REPOSITORY to be set")
         register_secret(settings.github_token)
         self.repo = settings.github_repository
-        self.inbox, self.label, self.clock = inbox, label, clock
+        self.inbox, self.label, self.proposal_label, self.clock = inbox, label, proposal_label, clock
         self.http = client or httpx.Client(
             base_url=settings.github_api_url.rstrip("/"),
             headers={
@@ -85,11 +89,18 @@ class Poller:
     # ------------------------------------------------------------------ one round
 
     def poll_once(self) -> PollRound:
-        """List, queue, advance the cursor. Raises GitHubAskedToWait when GitHub asks us to wait."""
+        """List, queue, advance the cursors. Raises GitHubAskedToWait when GitHub asks us to wait."""
         found = PollRound()
-        cursor = self.inbox.get(CURSOR_KEY.format(repo=self.repo))
+        self._labelled(self.label, CURSOR_KEY.format(repo=self.repo), found, requests=True)
+        self._labelled(self.proposal_label, PROPOSAL_CURSOR_KEY.format(repo=self.repo), found, requests=False)
+        return found
+
+    def _labelled(self, label: str, cursor_key: str, found: PollRound, *, requests: bool) -> None:
+        """Open issues with `label` updated since the cursor: each one as an `issues` event when
+        `requests` (a training request), and its new comments."""
+        cursor = self.inbox.get(cursor_key)
         params = {
-            "labels": self.label,
+            "labels": label,
             "state": "open",
             "sort": "updated",
             "direction": "asc",
@@ -99,31 +110,34 @@ class Poller:
             params["since"] = cursor
         issues = self._get_list(f"/repos/{self.repo}/issues", params, found)
         if issues is None:
-            return found
+            return
         repository = {"full_name": self.repo}
         newest = cursor
         for issue in issues:
             if issue.get("pull_request"):
                 continue
-            body_digest = hashlib.sha1((issue.get("body") or "").encode()).hexdigest()[:12]
-            payload = {
-                "action": "opened",
-                "issue": issue,
-                "repository": repository,
-                "sender": issue.get("user") or {},
-            }
-            if self.inbox.accept(
-                f"poll:issue:{issue['number']}:{body_digest}", "issues", json.dumps(payload).encode()
-            ):
-                found.queued += 1
-            if issue.get("comments"):
-                found.queued += self._comments(issue, repository, found)
             updated = issue.get("updated_at")
             if updated and (newest is None or updated > newest):
                 newest = updated
+            # A proposal that also has the training label was read with the training requests.
+            if not requests and self.label in _label_names(issue):
+                continue
+            if requests:
+                body_digest = hashlib.sha1((issue.get("body") or "").encode()).hexdigest()[:12]
+                payload = {
+                    "action": "opened",
+                    "issue": issue,
+                    "repository": repository,
+                    "sender": issue.get("user") or {},
+                }
+                if self.inbox.accept(
+                    f"poll:issue:{issue['number']}:{body_digest}", "issues", json.dumps(payload).encode()
+                ):
+                    found.queued += 1
+            if issue.get("comments"):
+                found.queued += self._comments(issue, repository, found)
         if newest and newest != cursor:
-            self.inbox.put(CURSOR_KEY.format(repo=self.repo), newest)
-        return found
+            self.inbox.put(cursor_key, newest)
 
     def _comments(self, issue: dict[str, Any], repository: dict[str, Any], found: PollRound) -> int:
         key = COMMENT_CURSOR_KEY.format(repo=self.repo, issue=issue["number"])
@@ -228,3 +242,7 @@ class Poller:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _label_names(issue: dict[str, Any]) -> set[str]:
+    return {label.get("name") if isinstance(label, dict) else label for label in issue.get("labels") or []}
