@@ -29,17 +29,7 @@ from issueops.bridge.wiring import open_bridge
 from issueops.config import Settings
 from issueops.github import RetryPolicy
 from issueops.lifecycle.request_store import RequestStore
-from issueops.lifecycle.state_machine import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    WAITING,
-    iso,
-    new_request,
-    utcnow,
-)
+from issueops.lifecycle.state_machine import Phase, iso, new_request, utcnow
 from issueops.reporting.status import QUESTION_MARKER, STATUS_MARKER
 from issueops.spec.body import parse_issue_body
 from tests.conftest import REPO
@@ -242,7 +232,7 @@ def waiting_request(hub: Hub, number: int, **spec_changes):
         issue=number,
         requested_by="alice",
     )
-    request.phase, request.attempt, request.run_id = WAITING, 1, "train-20260101-000000-abcd"
+    request.phase, request.attempt, request.run_id = Phase.WAITING, 1, "train-20260101-000000-abcd"
     request.wait_deadline = iso(utcnow().replace(year=utcnow().year + 1))
     return hub.store.save(request)
 
@@ -333,7 +323,7 @@ def test_replayed_delivery_starts_nothing_new(hub, gh):
     assert hub.deliver("issues", payload, delivery="d-1").status_code == 200  # after handling too
     hub.process()
     names = [r.name for r in hub.store.all()]
-    assert names == ["octo-org-models-1"] and hub.request(number).phase == PENDING
+    assert names == ["octo-org-models-1"] and hub.request(number).phase == Phase.PENDING
 
 
 def test_deduplication_survives_a_restart(gh, settings):
@@ -415,7 +405,7 @@ def test_editing_the_issue_body_starts_a_request_once_the_spec_is_valid(hub, gh)
     edited = hub.issue_event("edited", number, "alice", changes={"body": {"from": "algorithm: ???"}})
     hub.deliver("issues", edited)
     hub.process()
-    assert hub.request(number).phase == PENDING
+    assert hub.request(number).phase == Phase.PENDING
     # While it is active, another edit starts nothing new.
     hub.deliver("issues", hub.issue_event("edited", number, "alice", changes={"body": {"from": "x"}}))
     hub.process()
@@ -432,7 +422,7 @@ def test_unknown_hyperparameter_is_explained_and_the_request_keeps_waiting(hub, 
     hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
     hub.process()
     request = hub.request(number)
-    assert request.phase == WAITING and request.adjusted_hyperparameters == {}
+    assert request.phase == Phase.WAITING and request.adjusted_hyperparameters == {}
     reply = hub.bodies(number)[-1]
     assert "'learning_rate' is not known for random_forest" in reply
     assert "n_estimators" in reply and "keeps waiting" in reply
@@ -447,7 +437,7 @@ def test_comment_from_an_unauthorised_user_changes_nothing(hub, gh):
         hub.comment_event(number, "adjusted_hyperparameters:\n  n_estimators: 9", "rita"),
     )
     hub.process()
-    assert hub.request(number).phase == WAITING
+    assert hub.request(number).phase == Phase.WAITING
     replies = [b for b in hub.bodies(number) if "write, maintain or admin" in b]
     assert len(replies) == 2 and "@trudy" in replies[0] and "@rita" in replies[1]
 
@@ -458,7 +448,7 @@ def test_yaml_bomb_in_a_comment_is_rejected(hub, gh):
     bomb = "adjusted_hyperparameters: &a\n  n_estimators: 5\nagain: *a\n"
     hub.deliver("issue_comment", hub.comment_event(number, bomb, "alice"))
     hub.process()
-    assert hub.request(number).phase == WAITING
+    assert hub.request(number).phase == Phase.WAITING
     assert "not valid YAML" in hub.bodies(number)[-1]
 
 
@@ -471,7 +461,7 @@ def test_valid_input_queues_the_next_attempt_with_merged_hyperparameters(hub, gh
     hub.deliver("issue_comment", payload)  # GitHub's redelivery of the same event
     hub.process()
     request = hub.request(number)
-    assert request.phase == PENDING, (hub.bodies(number), hub.bridge.inbox.counts())
+    assert request.phase == Phase.PENDING, (hub.bodies(number), hub.bridge.inbox.counts())
     assert request.adjusted_hyperparameters == {"n_estimators": 100}
     assert request.effective_spec.hyperparameters == {"n_estimators": 100, "max_depth": 1}
     assert len(request.applied_inputs) == 1
@@ -486,7 +476,7 @@ def test_status_and_cancel_commands_and_retrain_after_the_end(hub, gh):
     assert "WaitingForOperator" in hub.bodies(number)[-1]
     hub.deliver("issue_comment", hub.comment_event(number, "/cancel", "alice"))
     hub.process()
-    assert hub.request(number).phase == CANCELLED
+    assert hub.request(number).phase == Phase.CANCELLED
     assert "Cancelled by alice" in hub.bodies(number)[-1]
     hub.deliver("issue_comment", hub.comment_event(number, "/cancel", "alice"))
     hub.process()
@@ -495,7 +485,7 @@ def test_status_and_cancel_commands_and_retrain_after_the_end(hub, gh):
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.process()
     again = hub.request(number)
-    assert again.name == "octo-org-models-1-2" and again.phase == PENDING and again.attempts_left == 2
+    assert again.name == "octo-org-models-1-2" and again.phase == Phase.PENDING and again.attempts_left == 2
 
 
 def test_our_own_comments_are_never_read_as_input(hub, gh):
@@ -504,7 +494,7 @@ def test_our_own_comments_are_never_read_as_input(hub, gh):
     question = f"{QUESTION_MARKER}\n```yaml\nadjusted_hyperparameters:\n  n_estimators: 2\n```"
     hub.deliver("issue_comment", hub.comment_event(number, question, "alice"))
     hub.process()
-    assert hub.request(number).phase == WAITING and len(hub.bodies(number)) == 1
+    assert hub.request(number).phase == Phase.WAITING and len(hub.bodies(number)) == 1
 
 
 @pytest.mark.parametrize("fault", ["rate_limit", 502])
@@ -516,14 +506,14 @@ def test_github_failing_on_the_permission_check_delays_the_delivery(hub, gh, fau
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.bridge.retry_seconds = 0.2
     hub.process()
-    assert hub.request(number).phase == WAITING
+    assert hub.request(number).phase == Phase.WAITING
     assert hub.bridge.inbox.counts() == {"queued": 1}
     hub.process()  # not due yet: GitHub said to come back in 1 s
-    assert hub.request(number).phase == WAITING
+    assert hub.request(number).phase == Phase.WAITING
     past_retry_after = time.time() + 1.5
     hub.bridge.inbox.clock = lambda: past_retry_after
     hub.process()
-    assert hub.request(number).phase == PENDING
+    assert hub.request(number).phase == Phase.PENDING
     assert hub.bridge.inbox.counts() == {"done": 1}
 
 
@@ -695,10 +685,10 @@ def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_kee
         )
         assert hub.deliver("issues", hub.issue_event("opened", number, "alice")).status_code == 202
         first = hub.wait_for(
-            lambda: (r := hub.request(number)) and r.phase not in (PENDING, RUNNING) and r,
+            lambda: (r := hub.request(number)) and r.phase not in (Phase.PENDING, Phase.RUNNING) and r,
             what="attempt 1",
         )
-        assert first.phase == WAITING, first.message
+        assert first.phase == Phase.WAITING, first.message
         # Figures on this split: one stump 0.8596, 100 trees of depth 10 0.9474 (test set of 114).
         assert first.attempts[0].metric_value < 0.94
         question = [b for b in hub.bodies(number) if QUESTION_MARKER in b]
@@ -709,10 +699,14 @@ def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_kee
         comment = "```yaml\nadjusted_hyperparameters:\n  n_estimators: 100\n  max_depth: 10\n```"
         hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
         done = hub.wait_for(
-            lambda: (r := hub.request(number)) and r.phase not in (PENDING, RUNNING, WAITING) and r,
+            lambda: (
+                (r := hub.request(number))
+                and r.phase not in (Phase.PENDING, Phase.RUNNING, Phase.WAITING)
+                and r
+            ),
             what="attempt 2",
         )
-        assert done.phase == SUCCEEDED, done.message
+        assert done.phase == Phase.SUCCEEDED, done.message
         assert done.attempt == 2 and done.attempts[1].metric_value >= 0.94
         assert done.model_name == "bc-rf" and done.model_version == "1"
         registry = Registry.from_settings(settings)
@@ -730,14 +724,14 @@ def test_full_loop_retrain_on_operator_input_then_pass_and_exhausted_retries_kee
             user="alice",
         )
         hub.deliver("issues", hub.issue_event("opened", second, "alice"))
-        hub.wait_for(lambda: (r := hub.request(second)) and r.phase == WAITING, what="question 2")
+        hub.wait_for(lambda: (r := hub.request(second)) and r.phase == Phase.WAITING, what="question 2")
         hub.deliver("issue_comment", hub.comment_event(second, "/retrain", "alice"))
         final = hub.wait_for(
             lambda: (r := hub.request(second)) and not r.active and r,
             what="attempts exhausted",
         )
         # Nothing of this request reached production, so nothing was rolled back: it says so.
-        assert final.phase == FAILED, final.message
+        assert final.phase == Phase.FAILED, final.message
         assert final.attempt == 2
         assert registry.production("bc-rf").version == 1  # production kept
         assert "`bc-rf` v1 stays in production." in final.message
@@ -759,7 +753,7 @@ def test_operator_timeout_fails_the_request_with_a_notice(gh, settings):
         hub.bridge.book.controller.clock = lambda: past_deadline
         hub.process()
         request = hub.request(number)
-        assert request.phase == FAILED and "No operator answer" in request.message
+        assert request.phase == Phase.FAILED and "No operator answer" in request.message
         assert "timed out waiting for the operator" in hub.bodies(number)[-1]
         assert "`bc-rf` has no production version" in hub.bodies(number)[-1]  # none was registered
     finally:
@@ -862,7 +856,7 @@ def test_github_and_healthz_get_their_answers_while_a_hostile_comment_is_handled
         hub.wait_for(
             lambda: hub.bridge.inbox.note("hostile")[0] == "done", timeout=90, what="the hostile one"
         )
-        assert hub.request(number).phase == WAITING
+        assert hub.request(number).phase == Phase.WAITING
         assert any("@trudy" in b and "write, maintain or admin" in b for b in hub.bodies(number))
         hub.wait_for(lambda: hub.request(valid), timeout=60, what="the valid request")
     finally:
@@ -885,10 +879,10 @@ def test_a_comment_is_read_only_once_its_author_may_steer(hub, gh, monkeypatch):
     comment = "adjusted_hyperparameters:\n  max_depth: 2\n"
     hub.deliver("issue_comment", hub.comment_event(number, comment, "trudy"))
     hub.process()
-    assert read == [] and hub.request(number).phase == WAITING
+    assert read == [] and hub.request(number).phase == Phase.WAITING
     hub.deliver("issue_comment", hub.comment_event(number, comment, "alice"))
     hub.process()
-    assert read == ["adjusted_hyperparameters"] and hub.request(number).phase == PENDING
+    assert read == ["adjusted_hyperparameters"] and hub.request(number).phase == Phase.PENDING
 
 
 def test_a_collaborators_64_kib_comment_is_answered_with_its_problem(hub, gh):
@@ -899,7 +893,7 @@ def test_a_collaborators_64_kib_comment_is_answered_with_its_problem(hub, gh):
     body = comment_floods()["input key, then blank lines"]
     hub.deliver("issue_comment", hub.comment_event(number, body, "alice"), delivery="flood")
     hub.process()
-    assert hub.bridge.inbox.note("flood")[0] == "done" and hub.request(number).phase == WAITING
+    assert hub.bridge.inbox.note("flood")[0] == "done" and hub.request(number).phase == Phase.WAITING
     assert "not valid YAML" in hub.bodies(number)[-1]
 
 
@@ -1007,7 +1001,7 @@ def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh,
     request = new_request(
         parse_issue_body(body), name="octo-org-models-1", repository=gh.full_name, issue=number
     )
-    assert controller.step(request) and request.phase == RUNNING  # run id recorded first
+    assert controller.step(request) and request.phase == Phase.RUNNING  # run id recorded first
     assert controller.step(request) and request.run_handle  # then submitted
     handle = request.run_handle
     assert backend.submit(request.run_id, request.spec, attempt=1, issue=number, repository=None) == handle
@@ -1015,7 +1009,7 @@ def test_an_attempt_that_cannot_start_fails_the_request_with_the_reason_once(gh,
     while backend.state(request.run_id, handle) != FINISHED and time.monotonic() < deadline:
         time.sleep(0.2)
     assert controller.step(request)
-    assert request.phase == FAILED and "no_such_set" in request.message
+    assert request.phase == Phase.FAILED and "no_such_set" in request.message
     assert len(list((settings.home / "attempts").glob("*.spec.json"))) == 1
     notices = [c.body for c in gh.comments_on(number) if "Attempt 1 failed" in c.body]
     assert len(notices) == 1 and "no_such_set" in notices[0]
@@ -1047,7 +1041,7 @@ def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp
     hub.process()
     assert "nothing to approve yet" in hub.bodies(number)[-1]  # still waiting: refused
 
-    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "2"
+    request.phase, request.model_name, request.model_version = Phase.SUCCEEDED, "bc-rf", "2"
     hub.store.save(request)
     hub.deliver("issue_comment", hub.comment_event(number, "/approve", "rita"))  # read access
     hub.process()
@@ -1106,14 +1100,14 @@ def test_every_refused_command_is_answered_on_the_issue_with_the_reason(hub, gh,
     approve = refused(number, "/approve", user="rita")
     assert "@rita" in approve and "Nothing was changed." in approve and "started" not in approve
 
-    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "1"
+    request.phase, request.model_name, request.model_version = Phase.SUCCEEDED, "bc-rf", "1"
     hub.store.save(request)
     assert "bc-rf has no version 99" in refused(number, "/rollback 99")
     assert "bc-rf has no version 99" in refused(number, "/approve 99")
     assert "no earlier production version" in refused(number, "/rollback")
     assert "nothing to cancel" in refused(number, "/cancel")
     assert "only while it waits" in refused(number, "adjusted_hyperparameters:\n  n_estimators: 5")
-    assert hub.request(number).phase == SUCCEEDED and hub.bridge.inbox.counts() == {"done": 10}
+    assert hub.request(number).phase == Phase.SUCCEEDED and hub.bridge.inbox.counts() == {"done": 10}
 
 
 # ---------------------------------------------------------------------- webhooks and polling together
@@ -1132,7 +1126,7 @@ def test_polling_a_home_that_webhooks_fed_starts_nothing_new(hub, gh, settings):
     hub.deliver("issue_comment", hub.comment_event(number, "/status", "alice"))
     hub.process()
     with hub.store.editing(hub.request(number).name) as finished:
-        finished.phase = SUCCEEDED
+        finished.phase = Phase.SUCCEEDED
     said = hub.bodies(number)
 
     poller = Poller(settings, hub.bridge.inbox)
@@ -1150,7 +1144,7 @@ def test_polling_a_home_that_webhooks_fed_starts_nothing_new(hub, gh, settings):
         hub.deliver("issues", hub.issue_event("labeled", number, "alice", label={"name": "mlops:train"}))
         hub.process()
         assert [r.name for r in hub.store.all()] == ["octo-org-models-1", "octo-org-models-1-2"]
-        assert poller.poll_once().queued == 0 and hub.request(number).phase == PENDING
+        assert poller.poll_once().queued == 0 and hub.request(number).phase == Phase.PENDING
     finally:
         poller.close()
 
@@ -1264,7 +1258,7 @@ def test_a_pod_restart_restarts_the_attempt_and_a_killed_bridge_picks_it_up(gh, 
             if LocalRunBackend._alive(pid, run_id):  # still our attempt, not a reused pid
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-    assert done.phase == SUCCEEDED, (done.message, log.read_text()[-3000:])
+    assert done.phase == Phase.SUCCEEDED, (done.message, log.read_text()[-3000:])
     assert done.attempt == 1 and done.run_id == run and done.attempts[0].lost_runs == [lost]
     assert sorted(p.name for p in (settings.home / "attempts").glob("*.spec.json")) == sorted(
         f"{r}.spec.json" for r in (lost, run)
@@ -1308,7 +1302,7 @@ def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_ove
     for _ in range(20):
         if not controller.step(request):
             break
-    assert request.phase == FAILED and request.attempt == 1
+    assert request.phase == Phase.FAILED and request.attempt == 1
     assert len(backend.submitted) == MAX_RESTARTS + 1 and len(set(backend.submitted)) == MAX_RESTARTS + 1
     assert f"lost {MAX_RESTARTS + 1} times" in request.message and "/retrain" in request.message
     (status,) = [c.body for c in gh.comments_on(number) if STATUS_MARKER in c.body]
@@ -1318,7 +1312,7 @@ def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_ove
     hub.store.save(request)
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.process()
-    assert hub.request(number).name == "octo-org-models-1-2" and hub.request(number).phase == PENDING
+    assert hub.request(number).name == "octo-org-models-1-2" and hub.request(number).phase == Phase.PENDING
 
 
 def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
@@ -1345,7 +1339,7 @@ def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
     record.write("judgement.json", {"decision": "retrain", "message": "accuracy 0.86 misses the threshold"})
     record.write("steps/write_history.json", {"name": "write_history", "status": "running"})
     assert controller.step(request)
-    assert request.phase == WAITING and backend.submitted == [request.run_id]
+    assert request.phase == Phase.WAITING and backend.submitted == [request.run_id]
     assert any(QUESTION_MARKER in b for b in hub.bodies(number))
 
 

@@ -423,7 +423,7 @@ def test_cli_approve_and_rollback_move_the_inference_service(cluster, store, tmp
 
 def test_issue_commands_through_the_bridge_move_the_inference_service(cluster, store, tmp_path, monkeypatch):
     from issueops.config import Settings
-    from issueops.lifecycle.state_machine import SUCCEEDED
+    from issueops.lifecycle.state_machine import Phase
     from tests.github_double import GitHubDouble
     from tests.test_bridge import SECRET, TOKEN, Hub, waiting_request
 
@@ -438,7 +438,7 @@ def test_issue_commands_through_the_bridge_move_the_inference_service(cluster, s
         try:
             number = gh.create_issue("Train", body="spec", labels=["mlops:train"], user="alice")
             request = waiting_request(hub, number)
-            request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-rf", "2"
+            request.phase, request.model_name, request.model_version = Phase.SUCCEEDED, "bc-rf", "2"
             hub.store.save(request)
             hub.deliver("issue_comment", hub.comment_event(number, "/approve", "alice"))
             hub.process()

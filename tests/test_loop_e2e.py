@@ -21,7 +21,7 @@ import numpy as np
 from issueops.bridge.events import TRAIN_LABEL
 from issueops.cli import main
 from issueops.config import Settings
-from issueops.lifecycle.state_machine import SUCCEEDED
+from issueops.lifecycle.state_machine import Phase
 from issueops.monitoring.proposals import PROPOSAL_LABEL, proposal_ref
 from issueops.reporting.status import STATUS_MARKER
 from tests import test_bridge
@@ -129,7 +129,7 @@ def test_monitor_opens_a_proposal_that_an_approval_retrains_and_promotes(
         )
     finally:
         hub.close()
-    assert done.phase == SUCCEEDED, done.message
+    assert done.phase == Phase.SUCCEEDED, done.message
     assert done.requested_by == "alice" and done.spec.dataset_id.startswith(f"{RF}-performance-")
     assert [r.name for r in hub.store.all() if r.issue == issue.number] == [done.name]
 

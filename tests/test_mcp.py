@@ -452,7 +452,7 @@ WAITING_SPEC = (
 def waiting_request(home, repository: str, issue: int):
     """A request whose first attempt missed the threshold, as the bridge leaves it."""
     from issueops.lifecycle.request_store import RequestStore
-    from issueops.lifecycle.state_machine import WAITING, iso, new_request, utcnow
+    from issueops.lifecycle.state_machine import Phase, iso, new_request, utcnow
     from issueops.spec.body import parse_issue_body
 
     store = RequestStore(home)
@@ -460,7 +460,7 @@ def waiting_request(home, repository: str, issue: int):
         parse_issue_body(WAITING_SPEC), name=store.next_name(repository, issue), repository=repository,
         issue=issue, requested_by="alice",
     )  # fmt: skip
-    request.phase, request.attempt, request.run_id = WAITING, 1, "train-20260101-000000-abcd"
+    request.phase, request.attempt, request.run_id = Phase.WAITING, 1, "train-20260101-000000-abcd"
     request.wait_deadline = iso(utcnow().replace(year=utcnow().year + 1))
     return store.save(request)
 
@@ -591,11 +591,11 @@ async def test_an_approve_answer_moves_the_inference_service(
 ):
     """answer_request goes through the bridge's controller, as /approve on the issue does."""
     from issueops.lifecycle.request_store import RequestStore
-    from issueops.lifecycle.state_machine import SUCCEEDED
+    from issueops.lifecycle.state_machine import Phase
 
     registry = canaried(store, tmp_path, "bc-answer", cluster)
     request = waiting_request(home, "acme/models", 7)
-    request.phase, request.model_name, request.model_version = SUCCEEDED, "bc-answer", "2"
+    request.phase, request.model_name, request.model_version = Phase.SUCCEEDED, "bc-answer", "2"
     RequestStore(home).save(request)
     monkeypatch.setenv("ISSUEOPS_ACTOR", "carol")
     monkeypatch.setenv("ISSUEOPS_ALLOWLIST", "carol")

@@ -12,7 +12,7 @@ import socket
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from issueops.lifecycle.state_machine import PENDING, PHASES, RUNNING, SUCCEEDED
+from issueops.lifecycle.state_machine import PHASES, Phase
 from issueops.logs import JsonFormatter
 from issueops.pipeline.policy import STEP_POLICIES
 from issueops.pipeline.runs import PIPELINE_STEPS
@@ -65,12 +65,12 @@ def test_a_local_request_is_counted_by_phase_decision_step_and_failed_channel(gh
         after = scrape(metrics_url)
     finally:
         hub.close()
-    assert done.phase == SUCCEEDED, done.message
+    assert done.phase == Phase.SUCCEEDED, done.message
 
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    for reached in (PENDING, RUNNING, SUCCEEDED):
+    for reached in (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED):
         assert grew("issueops_requests_total", phase=reached) == 1, reached
     assert grew("issueops_attempts_total", decision="pass") == 1
     for step in (*PIPELINE_STEPS, "notify"):

@@ -12,14 +12,8 @@ from issueops.bridge.messages import question
 from issueops.errors import Conflict, InvalidInput, SpecError
 from issueops.lifecycle.request_store import RequestStore
 from issueops.lifecycle.state_machine import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    ROLLED_BACK,
-    RUNNING,
-    SUCCEEDED,
-    WAITING,
     OperatorInput,
+    Phase,
     TrainingRequest,
     apply_input,
     attempt_run_id,
@@ -72,7 +66,7 @@ def test_an_attempt_gets_its_run_id_before_anything_runs():
     req = request()
     now = utcnow()
     run_id = start_attempt(req, now)
-    assert req.phase == RUNNING and req.attempt == 1 and req.run_id == run_id
+    assert req.phase == Phase.RUNNING and req.attempt == 1 and req.run_id == run_id
     assert req.run_handle is None  # nothing submitted yet: the id is recorded first
     assert run_id == attempt_run_id(req, 1, now)  # the same id if asked again
     assert run_id.startswith(f"train-{now:%Y%m%d-%H%M%S}-")
@@ -85,22 +79,22 @@ def test_decisions_move_the_phase():
     passed = request()
     start_attempt(passed)
     assert record_result(passed, result(passed, "pass", 0.98)) == "pass"
-    assert passed.phase == SUCCEEDED and passed.model_version == "4"
+    assert passed.phase == Phase.SUCCEEDED and passed.model_version == "4"
 
     waiting = request()
     start_attempt(waiting)
     now = utcnow()
     record_result(waiting, result(waiting, "retrain"), now=now, timeout_s=3600)
-    assert waiting.phase == WAITING
+    assert waiting.phase == Phase.WAITING
     assert waiting.wait_deadline == (now + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     assert waiting.attempts[0].decision == "retrain" and waiting.attempts_left == 1
 
     failed = request()
     start_attempt(failed)
     record_result(failed, result(failed, "fail"))
-    assert failed.phase == FAILED
+    assert failed.phase == Phase.FAILED
     rolled_back(failed, "kept version 3")
-    assert failed.phase == ROLLED_BACK
+    assert failed.phase == Phase.ROLLED_BACK
     assert any(c["type"] == "RolledBack" and c["status"] == "True" for c in failed.conditions)
 
 
@@ -111,7 +105,7 @@ def test_a_result_of_another_run_is_refused():
     stale.run_id = "train-20200101-000000-0000"
     with pytest.raises(Conflict):
         record_result(req, stale)
-    assert req.phase == RUNNING
+    assert req.phase == Phase.RUNNING
 
 
 def waiting() -> TrainingRequest:
@@ -124,7 +118,7 @@ def waiting() -> TrainingRequest:
 def test_operator_input_merges_canonical_hyperparameters_for_the_next_attempt():
     req = waiting()
     assert apply_input(req, OperatorInput("retrain", "c-1", "alice", {"eta": 0.1, "num_round": 50}))
-    assert req.phase == PENDING
+    assert req.phase == Phase.PENDING
     assert req.adjusted_hyperparameters == {"learning_rate": 0.1, "n_estimators": 50}
     assert req.effective_spec.hyperparameters == {"n_estimators": 50, "max_depth": 2, "learning_rate": 0.1}
     start_attempt(req)
@@ -136,7 +130,7 @@ def test_the_same_input_is_applied_once():
     given = OperatorInput("retrain", "c-1", "alice", {"max_depth": 4})
     assert apply_input(req, given) is True
     assert apply_input(req, given) is False
-    assert req.phase == PENDING
+    assert req.phase == Phase.PENDING
 
 
 @pytest.mark.parametrize(
@@ -162,13 +156,13 @@ def test_input_outside_the_wait_is_a_conflict():
     start_attempt(req)
     with pytest.raises(Conflict):
         apply_input(req, OperatorInput("retrain", "c-3", "alice", {"max_depth": 3}))
-    assert req.phase == RUNNING
+    assert req.phase == Phase.RUNNING
 
 
 def test_cancel_stops_an_active_request_only():
     req = waiting()
     apply_input(req, OperatorInput("cancel", "c-4", "bob"))
-    assert req.phase == CANCELLED and "bob" in req.message
+    assert req.phase == Phase.CANCELLED and "bob" in req.message
     with pytest.raises(Conflict):
         apply_input(req, OperatorInput("cancel", "c-5", "bob"))
 
@@ -178,7 +172,7 @@ def test_the_wait_times_out_into_failed():
     deadline = req.wait_deadline
     assert not expire(req, utcnow())
     assert expire(req, utcnow() + timedelta(hours=25))
-    assert req.phase == FAILED and deadline in req.message
+    assert req.phase == Phase.FAILED and deadline in req.message
     assert not expire(req, utcnow() + timedelta(hours=50))  # once
 
 
@@ -222,10 +216,10 @@ def test_editing_saves_only_when_the_change_succeeds(home):
     store.save(waiting())
     with pytest.raises(SpecError), store.editing("octo-org-models-7") as req:
         apply_input(req, OperatorInput("retrain", "c-1", "a", {"nope": 1}))
-    assert store.load("octo-org-models-7").phase == WAITING
+    assert store.load("octo-org-models-7").phase == Phase.WAITING
     with store.editing("octo-org-models-7") as req:
         apply_input(req, OperatorInput("retrain", "c-2", "a", {"max_depth": 5}))
-    assert store.load("octo-org-models-7").phase == PENDING
+    assert store.load("octo-org-models-7").phase == Phase.PENDING
 
 
 def test_a_request_round_trips_through_a_resource_status():

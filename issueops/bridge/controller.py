@@ -20,10 +20,8 @@ from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError
 from issueops.github import GitHubClient, RetryPolicy
 from issueops.lifecycle.state_machine import (
-    PENDING,
-    SUCCEEDED,
-    WAITING,
     OperatorInput,
+    Phase,
     TrainingRequest,
     apply_input,
     expire,
@@ -36,7 +34,6 @@ from issueops.lifecycle.state_machine import (
     start_attempt,
     utcnow,
 )
-from issueops.lifecycle.state_machine import RUNNING as PHASE_RUNNING
 from issueops.pipeline.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
 from issueops.reporting.results import RunResult, StepTiming, after_rollback, production_after
 from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
@@ -218,12 +215,12 @@ class RequestController:
 
     def step(self, request: TrainingRequest, *, may_start: bool = True) -> bool:
         """Advance `request` by one step; True when it changed (save it, then call again)."""
-        if request.phase == PENDING:
+        if request.phase == Phase.PENDING:
             if not may_start:
                 return False
             start_attempt(request, self.clock())
             return True
-        if request.phase == PHASE_RUNNING:
+        if request.phase == Phase.RUNNING:
             if request.run_handle is None:
                 request.run_handle = self.backend.submit(
                     request.run_id,
@@ -235,7 +232,7 @@ class RequestController:
                 self.reporter.show_status(request, self._status_body(request))
                 return True
             return self._follow(request)
-        if request.phase == WAITING:
+        if request.phase == Phase.WAITING:
             if expire(request, self.clock()):
                 request.message = f"{request.message} {self.registry.production_note(request)}".strip()
                 self._notice(request, "The request timed out waiting for the operator", request.message)
@@ -331,7 +328,7 @@ class RequestController:
         then unchanged.
         """
         if given.action in ("retrain", "cancel"):
-            was_running = request.phase == PHASE_RUNNING
+            was_running = request.phase == Phase.RUNNING
             if not apply_input(request, given):
                 return None
             if given.action == "cancel":
@@ -344,7 +341,7 @@ class RequestController:
         if given.id in request.applied_inputs:
             return None
         if given.action == "approve":
-            if request.phase != SUCCEEDED:
+            if request.phase != Phase.SUCCEEDED:
                 raise Conflict(f"Request {request.name} is {request.phase}; nothing to approve yet.")
             reply = self.registry.approve(request, given.version, given.by)
             set_condition(request, "Approved", True, "ApprovedOnIssue", f"by {given.by}")

@@ -26,9 +26,8 @@ from issueops.errors import Conflict, ExternalServiceError, InvalidInput, IssueO
 from issueops.github import GitHubClient
 from issueops.lifecycle.request_store import RequestStore
 from issueops.lifecycle.state_machine import (
-    PENDING,
-    RUNNING,
     OperatorInput,
+    Phase,
     TrainingRequest,
     counted,
     new_request,
@@ -134,15 +133,15 @@ class LocalBook:
     def _tick(self) -> None:
         """Move every active request as far as it can go now, oldest first, within the run limit."""
         active = self.store.active()
-        running = sum(1 for r in active if r.phase == RUNNING)
+        running = sum(1 for r in active if r.phase == Phase.RUNNING)
         for request in active:
             running = self._move(request, running)
-        metrics.set_queue_depth(sum(1 for r in active if r.phase == PENDING))
+        metrics.set_queue_depth(sum(1 for r in active if r.phase == Phase.PENDING))
 
     def _move(self, request: TrainingRequest, running: int) -> int:
         """Steps of one request, each saved (and counted) before the next; returns the run count."""
         for _ in range(MAX_STEPS_PER_TICK):
-            was_running = request.phase == RUNNING
+            was_running = request.phase == Phase.RUNNING
             with request_log_context(request), counted(request, self._run_ended):
                 try:
                     changed = self.controller.step(request, may_start=running < self.max_running)
@@ -159,7 +158,7 @@ class LocalBook:
                     self.store.save(request)
             if not changed:
                 return running
-            running += int(request.phase == RUNNING) - int(was_running)
+            running += int(request.phase == Phase.RUNNING) - int(was_running)
         return running
 
 

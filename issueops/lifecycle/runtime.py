@@ -22,10 +22,8 @@ from issueops.bridge.service import running_limit
 from issueops.config import Settings
 from issueops.errors import Conflict, InvalidInput, IssueOpsError, NotFound
 from issueops.lifecycle.state_machine import (
-    FAILED,
-    PENDING,
-    RUNNING,
     OperatorInput,
+    Phase,
     TrainingRequest,
     counted,
     request_log_context,
@@ -59,8 +57,10 @@ class Admission:
 
     def may_start(self, key: Key, phases: Mapping[Key, tuple[str, str]]) -> bool:
         with self._lock:
-            self._claimed = {k for k in self._claimed if phases.get(k, (PENDING, ""))[0] == PENDING}
-            running = {k for k, (phase, _) in phases.items() if phase == RUNNING} | self._claimed
+            self._claimed = {
+                k for k in self._claimed if phases.get(k, (Phase.PENDING, ""))[0] == Phase.PENDING
+            }
+            running = {k for k, (phase, _) in phases.items() if phase == Phase.RUNNING} | self._claimed
             if key in running:
                 return True
             free = self.limit - len(running)
@@ -69,7 +69,7 @@ class Admission:
             queue = sorted(
                 (created, k)
                 for k, (phase, created) in phases.items()
-                if phase == PENDING and k not in self._claimed
+                if phase == Phase.PENDING and k not in self._claimed
             )
             ahead = [k for _, k in queue]
             position = ahead.index(key) if key in ahead else len(ahead)
@@ -81,9 +81,9 @@ class Admission:
     def waiting(self, phases: Mapping[Key, tuple[str, str]]) -> int:
         """Pending requests that no free slot is left for now."""
         with self._lock:
-            running = sum(1 for phase, _ in phases.values() if phase == RUNNING) + len(self._claimed)
+            running = sum(1 for phase, _ in phases.values() if phase == Phase.RUNNING) + len(self._claimed)
             pending = sum(
-                1 for k, (phase, _) in phases.items() if phase == PENDING and k not in self._claimed
+                1 for k, (phase, _) in phases.items() if phase == Phase.PENDING and k not in self._claimed
             )
             return max(0, pending - max(0, self.limit - running))
 
@@ -128,9 +128,9 @@ class OperatorRuntime:
     def rejected(self, body: Mapping[str, Any], error: IssueOpsError) -> dict[str, Any]:
         """The status of a resource whose spec is invalid: Failed, with every problem named."""
         message = "Invalid spec: " + "; ".join(error.problems)
-        metrics.count_request_phase(FAILED)
+        metrics.count_request_phase(Phase.FAILED)
         return {
-            "phase": FAILED,
+            "phase": Phase.FAILED,
             "message": message,
             "conditions": [
                 {
@@ -149,9 +149,9 @@ class OperatorRuntime:
             return None
         key, phases = resource_key(body), flatten_index(index)
         with request_log_context(request), counted(request, self._run_ended):
-            may_start = request.phase != PENDING or self.admission.may_start(key, phases)
+            may_start = request.phase != Phase.PENDING or self.admission.may_start(key, phases)
             metrics.set_queue_depth(self.admission.waiting(phases))
-            if request.phase == PENDING and not may_start:
+            if request.phase == Phase.PENDING and not may_start:
                 message = "Queued: the run limit is reached; this request starts when a slot frees."
                 if request.message != message:
                     request.message = message
@@ -193,7 +193,7 @@ class OperatorRuntime:
         key = resource_key(body)
         self.admission.release(key)
         status = body.get("status") or {}
-        if status.get("phase") == RUNNING and status.get("runId"):
+        if status.get("phase") == Phase.RUNNING and status.get("runId"):
             self.controller.backend.cancel(status["runId"], status.get("runHandle"))
 
     def _post(self, request: TrainingRequest, text: str) -> None:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from issueops.config import Settings, utcnow
@@ -27,16 +28,22 @@ from issueops.reporting.results import RunResult
 from issueops.spec.body import TrainingSpec, validate_spec
 from issueops.spec.catalog import ALGORITHMS
 
-PENDING = "Pending"
-RUNNING = "Running"
-WAITING = "WaitingForOperator"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-ROLLED_BACK = "RolledBack"
-CANCELLED = "Cancelled"
-PHASES = (PENDING, RUNNING, WAITING, SUCCEEDED, FAILED, ROLLED_BACK, CANCELLED)
-ACTIVE_PHASES = frozenset({PENDING, RUNNING, WAITING})
-TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, ROLLED_BACK, CANCELLED})
+
+class Phase(StrEnum):
+    """Where a training request stands; the values are stored (request JSON, the CRD's status)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"  # an attempt is training (a step's own "running" is StepStatus.RUNNING)
+    WAITING = "WaitingForOperator"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+    CANCELLED = "Cancelled"
+
+
+PHASES = tuple(phase.value for phase in Phase)  # plain strings: the CRD schema lists them
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.RUNNING, Phase.WAITING})
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ROLLED_BACK, Phase.CANCELLED})
 
 ACTIONS = ("retrain", "approve", "rollback", "cancel", "status")
 DEFAULT_OPERATOR_TIMEOUT_S = 24 * 3600
@@ -138,7 +145,7 @@ class TrainingRequest:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: str = field(default_factory=lambda: iso(utcnow()))
     updated_at: str | None = None
-    phase: str = PENDING
+    phase: str = Phase.PENDING
     attempt: int = 0
     run_id: str | None = None
     run_handle: str | None = None
@@ -260,7 +267,7 @@ class TrainingRequest:
             requested_by=(body.get("spec") or {}).get("requestedBy"),
             uid=status.get("uid") or meta.get("uid") or uuid.uuid4().hex,
             created_at=status.get("createdAt") or meta.get("creationTimestamp") or iso(utcnow()),
-            phase=status.get("phase") or PENDING,
+            phase=status.get("phase") or Phase.PENDING,
             attempt=status.get("attempt") or 0,
             run_id=status.get("runId"),
             run_handle=status.get("runHandle"),
@@ -328,7 +335,7 @@ def new_request(
 
 def start_attempt(request: TrainingRequest, now: datetime | None = None) -> str:
     """Pending → Running: the next attempt gets its run id (recorded before anything is submitted)."""
-    if request.phase != PENDING:
+    if request.phase != Phase.PENDING:
         raise Conflict(f"Request {request.name} is {request.phase}; only a Pending one can start.")
     spec = request.effective_spec
     request.attempt += 1
@@ -338,7 +345,7 @@ def start_attempt(request: TrainingRequest, now: datetime | None = None) -> str:
     request.status_comment_id = None
     request.status_digest = None
     request.wait_deadline = None
-    request.phase = RUNNING
+    request.phase = Phase.RUNNING
     request.message = f"Attempt {request.attempt} of {request.spec.max_retry + 1} is running."
     request.attempts.append(
         AttemptRecord(request.attempt, request.run_id, hyperparameters=dict(spec.hyperparameters))
@@ -360,7 +367,7 @@ def record_result(
     pass → Succeeded; retrain → WaitingForOperator until the deadline; fail → Failed (the caller
     rolls back and then calls `rolled_back`); error → Failed with the step's explanation.
     """
-    if request.phase != RUNNING or result.run_id != request.run_id:
+    if request.phase != Phase.RUNNING or result.run_id != request.run_id:
         raise Conflict(f"Run {result.run_id} is not the running attempt of {request.name}.")
     now = now or utcnow()
     current = request.current()
@@ -371,16 +378,16 @@ def record_result(
     request.message = result.message
     set_condition(request, "Running", False, f"Decision{result.decision.capitalize()}")
     if result.decision == "pass":
-        request.phase = SUCCEEDED
+        request.phase = Phase.SUCCEEDED
         request.model_name = result.model_name or request.model_name
         request.model_version = result.model_version
         set_condition(request, "Succeeded", True, "ThresholdMet", result.message)
     elif result.decision == "retrain":
-        request.phase = WAITING
+        request.phase = Phase.WAITING
         request.wait_deadline = iso(now + timedelta(seconds=timeout_s))
         set_condition(request, "WaitingForOperator", True, "BelowThreshold", f"until {request.wait_deadline}")
     else:
-        request.phase = FAILED
+        request.phase = Phase.FAILED
         set_condition(request, "Succeeded", False, f"Decision{result.decision.capitalize()}")
     return result.decision
 
@@ -389,7 +396,7 @@ def restart_attempt(request: TrainingRequest, reason: str, now: datetime | None 
     """The running attempt's run was lost to infrastructure: start the same attempt again as a new
     run (the operator's retries are untouched). After MAX_RESTARTS the request fails instead,
     saying why; returns whether the attempt starts again."""
-    if request.phase != RUNNING or not request.run_id:
+    if request.phase != Phase.RUNNING or not request.run_id:
         raise Conflict(f"Request {request.name} is {request.phase}; only a running attempt restarts.")
     lost, current = request.run_id, request.current()
     if current is not None:
@@ -417,7 +424,7 @@ def restart_attempt(request: TrainingRequest, reason: str, now: datetime | None 
 
 def run_failed(request: TrainingRequest, message: str) -> None:
     """A run that stopped without a decision (a step's error, a lost run)."""
-    request.phase = FAILED
+    request.phase = Phase.FAILED
     request.message = message
     current = request.current()
     if current is not None:
@@ -428,7 +435,7 @@ def run_failed(request: TrainingRequest, message: str) -> None:
 
 
 def rolled_back(request: TrainingRequest, message: str) -> None:
-    request.phase = ROLLED_BACK
+    request.phase = Phase.ROLLED_BACK
     request.message = message
     set_condition(request, "RolledBack", True, "AttemptsExhausted", message)
 
@@ -436,11 +443,11 @@ def rolled_back(request: TrainingRequest, message: str) -> None:
 def expire(request: TrainingRequest, now: datetime | None = None) -> bool:
     """WaitingForOperator past its deadline → Failed. True when it expired now."""
     now = now or utcnow()
-    if request.phase != WAITING or not request.wait_deadline:
+    if request.phase != Phase.WAITING or not request.wait_deadline:
         return False
     if now < parse_iso(request.wait_deadline):
         return False
-    request.phase = FAILED
+    request.phase = Phase.FAILED
     request.message = f"No operator answer by {request.wait_deadline}; the request stopped."
     set_condition(request, "WaitingForOperator", False, "TimedOut", request.message)
     set_condition(request, "Succeeded", False, "OperatorTimeout", request.message)
@@ -468,7 +475,7 @@ def starts_new_request(latest: TrainingRequest | None, action: str | None, event
 def cancel(request: TrainingRequest, by: str | None = None) -> None:
     if not request.active:
         raise Conflict(f"Request {request.name} is already {request.phase}; nothing to cancel.")
-    request.phase = CANCELLED
+    request.phase = Phase.CANCELLED
     request.message = f"Cancelled{f' by {by}' if by else ''}."
     request.wait_deadline = None
     set_condition(request, "Cancelled", True, "Cancelled", request.message)
@@ -485,7 +492,7 @@ def apply_input(request: TrainingRequest, given: OperatorInput) -> bool:
     if given.action == "cancel":
         cancel(request, given.by)
     elif given.action == "retrain":
-        if request.phase != WAITING:
+        if request.phase != Phase.WAITING:
             raise Conflict(
                 f"Request {request.name} is {request.phase}; new hyperparameters are taken only "
                 "while it waits for the operator."
@@ -497,7 +504,7 @@ def apply_input(request: TrainingRequest, given: OperatorInput) -> bool:
                 **request.adjusted_hyperparameters,
                 **{k: merged.hyperparameters[k] for k in _canonical(request.spec, adjusted)},
             }
-        request.phase = PENDING
+        request.phase = Phase.PENDING
         request.wait_deadline = None
         who = f" from {given.by}" if given.by else ""
         request.message = (
@@ -532,14 +539,14 @@ def counted(request: TrainingRequest, run_ended: Callable[[str], None] | None = 
     dry run (an input checked on a copy) counts nothing. A block that raises counts nothing.
     """
     phase, decided = request.phase, [a.decision for a in request.attempts]
-    run_id = request.run_id if request.phase == RUNNING else None
+    run_id = request.run_id if request.phase == Phase.RUNNING else None
     yield
     if request.phase != phase:
         metrics.count_request_phase(request.phase)
     for index, attempt in enumerate(request.attempts):
         if attempt.decision and (index >= len(decided) or decided[index] is None):
             metrics.count_attempt(attempt.decision)
-    if run_id and run_ended is not None and (request.phase != RUNNING or request.run_id != run_id):
+    if run_id and run_ended is not None and (request.phase != Phase.RUNNING or request.run_id != run_id):
         run_ended(run_id)
 
 
