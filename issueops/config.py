@@ -231,6 +231,12 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+def child_settings(settings: Settings) -> dict[str, str]:
+    """The settings a child process that runs issueops (a task, an attempt) must be handed over this
+    process's environment: those a Settings built in code may hold apart from it (its home)."""
+    return {"ISSUEOPS_HOME": str(settings.home)}
+
+
 def actor(fallback: str | None = None) -> str:
     """Who a change is made by: ISSUEOPS_ACTOR, else `fallback` (a pipeline step names itself),
     else this machine's login ($USER), else "unknown"."""

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from issueops.config import Settings
+from issueops.config import Settings, child_settings
 from issueops.errors import ExternalServiceError
 from issueops.spec.body import TrainingSpec
 
@@ -91,7 +91,7 @@ class LocalRunBackend:
         if repository:
             command += ["--repository", repository]
         # The attempt is a child process: it gets this environment, with the run's home and repository.
-        env = {**os.environ, **self.env, "ISSUEOPS_HOME": str(self.settings.home)}
+        env = {**os.environ, **self.env, **child_settings(self.settings)}
         if repository:
             env["GITHUB_REPOSITORY"] = repository
         log_path = self.settings.home / "logs" / f"{run_id}.attempt.log"

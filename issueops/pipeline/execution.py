@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from issueops.config import Settings, utcnow
+from issueops.config import Settings, child_settings, utcnow
 from issueops.errors import ExternalServiceError, IssueOpsError, error_kind, recorded_error
 from issueops.pipeline.prefork import ServerGone, active_server, prefork_tasks, preload_for
 from issueops.pipeline.runs import (
@@ -73,12 +73,6 @@ def start_request(
     return run_id
 
 
-def task_env(settings: Settings) -> dict[str, str]:
-    """What a local run hands its tasks beyond this process's environment: the run's ISSUEOPS_HOME,
-    which may be a Settings built in code rather than read from the environment."""
-    return {"ISSUEOPS_HOME": str(settings.home)}
-
-
 def run_local(
     spec: TrainingSpec,
     *,
@@ -98,7 +92,7 @@ def run_local(
     """
     settings = settings or Settings.from_env()
     store = open_store(settings)
-    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type), env=task_env(settings)):
+    with prefork_tasks(preload_for(spec.algorithm, spec.learning_type), env=child_settings(settings)):
         if not checked:
             preflight(spec, settings, store)
         run_id = start_request(
@@ -257,7 +251,7 @@ def run_with_status(
     """
     settings = settings or Settings.from_env()
     preload = preload_for(spec.algorithm, spec.learning_type)
-    with prefork_tasks(preload, env=task_env(settings)):  # preloads while we check
+    with prefork_tasks(preload, env=child_settings(settings)):  # preloads while we check
         from issueops.pipeline.runs import PIPELINE_STEPS
         from issueops.reporting.status import StatusReport
 
