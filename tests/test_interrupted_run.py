@@ -15,9 +15,10 @@ import pytest
 from mcp import Client
 
 from issueops.config import Settings
-from issueops.pipeline.runs import INTERRUPTED, RunRecord, RunState, collect_result, run_state
+from issueops.pipeline.runs import RunRecord, RunState, collect_result, run_state
 from issueops.registry.lifecycle import Registry
 from issueops.registry.names import PENDING, REJECTED
+from issueops.reporting.results import Decision, StepStatus
 from issueops.store import open_store
 from tests.conftest import REPO
 from tests.test_prefork import _session
@@ -104,10 +105,10 @@ async def test_kill_9_during_train_ends_the_task_and_the_record_says_interrupted
     assert record.read("steps/train.json")["status"] == "running"  # nobody finished it after the kill
 
     result = collect_result(store, run_id)
-    assert result.decision == INTERRUPTED
+    assert result.decision == Decision.INTERRUPTED
     assert result.message.startswith(f"Run {run_id} was interrupted: the process that ran it (pid {run.pid}")
     assert "during step train" in result.message
-    assert {s.name: s.status for s in result.steps}["train"] == INTERRUPTED
+    assert {s.name: s.status for s in result.steps}["train"] == StepStatus.INTERRUPTED
     assert run_state(store, run_id) is RunState.INTERRUPTED
     assert record.read("interrupted.json")["reason"]  # recorded, not only inferred
 
@@ -115,14 +116,14 @@ async def test_kill_9_during_train_ends_the_task_and_the_record_says_interrupted
 
     async with Client(server) as client:
         reply = await client.call_tool("get_run", {"run_id": run_id})
-    assert not reply.is_error and reply.structured_content["decision"] == INTERRUPTED
+    assert not reply.is_error and reply.structured_content["decision"] == Decision.INTERRUPTED
 
 
 def test_kill_9_during_packaging_rejects_the_pending_version_on_next_touch(home, tmp_path):
     run = start_run(home, spec(tmp_path))
     run_id = kill_when(run, home, registered)
     store = open_store(Settings.from_env())
-    assert collect_result(store, run_id).decision == INTERRUPTED  # not "pass, model_version 1"
+    assert collect_result(store, run_id).decision == Decision.INTERRUPTED  # not "pass, model_version 1"
 
     registry = Registry.from_settings()
     raw = registry.client.get_model_version(MODEL, "1").tags["approval_status"]

@@ -142,7 +142,8 @@ def test_a_run_reads_as_running_finished_or_interrupted_from_its_owner_process(s
     import socket
     import subprocess
 
-    from issueops.pipeline.runs import INTERRUPTED, RunOwner, RunState, mark_finished, mark_owner, run_state
+    from issueops.pipeline.runs import RunOwner, RunState, mark_finished, mark_owner, run_state
+    from issueops.reporting.results import Decision, StepStatus
 
     assert run_state(store, "run-6") is RunState.UNKNOWN  # no owner recorded: a cluster run
     mark_owner(store, "run-6")
@@ -164,8 +165,11 @@ def test_a_run_reads_as_running_finished_or_interrupted_from_its_owner_process(s
     assert owner.alive() is False
     assert run_state(store, "run-7") is RunState.INTERRUPTED
     result = collect_result(store, "run-7")
-    assert result.decision == INTERRUPTED and "during step train" in result.message
-    assert [(s.name, s.status) for s in result.steps] == [("prepare_data", "done"), ("train", INTERRUPTED)]
+    assert result.decision == Decision.INTERRUPTED and "during step train" in result.message
+    assert [(s.name, s.status) for s in result.steps] == [
+        ("prepare_data", "done"),
+        ("train", StepStatus.INTERRUPTED),
+    ]
 
     reused = RunOwner(owner.host, owner.boot_id, os.getpid(), owner.started)  # a pid used again later
     assert reused.alive() is False

@@ -34,8 +34,15 @@ from issueops.lifecycle.state_machine import (
     start_attempt,
     utcnow,
 )
-from issueops.pipeline.runs import INTERRUPTED, PIPELINE_STEPS, RunRecord, collect_result
-from issueops.reporting.results import RunResult, StepTiming, after_rollback, production_after
+from issueops.pipeline.runs import PIPELINE_STEPS, RunRecord, collect_result
+from issueops.reporting.results import (
+    Decision,
+    RunResult,
+    StepStatus,
+    StepTiming,
+    after_rollback,
+    production_after,
+)
 from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
 from issueops.store import open_store
 
@@ -52,9 +59,11 @@ def _condition(request: TrainingRequest, kind: str) -> str | None:
 def _decision_stands(decision: str | None, steps: list[StepTiming]) -> bool:
     """Whether a run that stopped early still decided its attempt: a retrain or fail decision
     (the request's driver asks or rolls back itself), or a pass whose version was deployed."""
-    if decision in ("retrain", "fail"):
+    if decision in (Decision.RETRAIN, Decision.FAIL):
         return True
-    return decision == "pass" and any(s.name == "deploy" and s.status == "done" for s in steps)
+    return decision == Decision.PASS and any(
+        s.name == "deploy" and s.status == StepStatus.DONE for s in steps
+    )
 
 
 class GitHubClients:
@@ -247,13 +256,13 @@ class RequestController:
         if state == RUNNING:
             return self.reporter.show_status(request, self._status_body(request))
         result = collect_result(self.store, request.run_id)
-        if state == LOST or result.decision == INTERRUPTED:
+        if state == LOST or result.decision == Decision.INTERRUPTED:
             judgement = RunRecord(self.store, request.run_id).read("judgement.json") or {}
             if not _decision_stands(judgement.get("decision"), result.steps):
                 return self._lost(request)
             # Judged before it died: the decision stands, and what it left undone the driver does.
             result.decision, result.message = judgement["decision"], judgement.get("message", "")
-        if result.decision not in ("pass", "retrain", "fail"):
+        if result.decision not in (Decision.PASS, Decision.RETRAIN, Decision.FAIL):
             error = RunRecord(self.store, request.run_id).error()
             if error:
                 reason = f"step {error.get('step')}: " + "; ".join(error.get("problems") or [])
@@ -265,9 +274,9 @@ class RequestController:
             return True
         decision = record_result(request, result, now=self.clock(), timeout_s=self.timeout_s)
         self.reporter.show_status(request, self._status_body(request, result))
-        if decision == "retrain":
+        if decision == Decision.RETRAIN:
             self._ask(request, result)
-        elif decision == "fail":
+        elif decision == Decision.FAIL:
             self._finish_failed(request, result)
         return True
 
@@ -364,11 +373,11 @@ class RequestController:
         steps = RunRecord(self.store, request.run_id).steps() if request.run_id else []
         if state is not None:  # the run is over: a step it left running will not finish
             steps = [
-                StepTiming(s.name, "interrupted", s.seconds) if s.status.startswith("running") else s
+                StepTiming(s.name, StepStatus.INTERRUPTED, s.seconds) if s.status.startswith("running") else s
                 for s in steps
             ]
         seen = {s.name for s in steps}
-        steps += [StepTiming(name, "pending") for name in PIPELINE_STEPS if name not in seen]
+        steps += [StepTiming(name, StepStatus.PENDING) for name in PIPELINE_STEPS if name not in seen]
         current = request.current()
         lost = [run for run in (current.lost_runs if current else []) if run != request.run_id]
         note = None

@@ -16,8 +16,9 @@ from issueops.cli.exits import answered
 from issueops.config import Settings
 from issueops.errors import InvalidInput
 from issueops.logs import configure_logging
+from issueops.reporting.results import Decision
 
-EXIT_BY_DECISION = {"pass": 0, "retrain": 3, "fail": 4}
+EXIT_BY_DECISION = {Decision.PASS: 0, Decision.RETRAIN: 3, Decision.FAIL: 4}
 MAX_SPEC_FILE_BYTES = 1024 * 1024
 
 

@@ -14,19 +14,23 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from issueops.reporting.results import format_value
+from issueops.reporting.results import Decision, format_value
 from issueops.spec.catalog import METRICS
 
 if TYPE_CHECKING:
     from issueops.evaluation.supervised import ChampionScore
 
-NEXT_ACTION = {"pass": "register_model", "retrain": "notify_operator", "fail": "rollback"}
+NEXT_ACTION = {
+    Decision.PASS: "register_model",
+    Decision.RETRAIN: "notify_operator",
+    Decision.FAIL: "rollback",
+}
 _TIE = 1e-9  # metrics are rounded to 6 decimals: closer than this is equal
 
 
 @dataclass(frozen=True)
 class Judgement:
-    decision: str  # pass | retrain | fail
+    decision: Decision  # pass, retrain or fail
     next_action: str
     message: str
     evaluation_metric: str
@@ -66,7 +70,7 @@ def judge(
     if champion is not None:
         record = {**champion.to_dict(), "max_regression": margin, "lost": lost}
 
-    def verdict(decision: str, message: str) -> Judgement:
+    def verdict(decision: Decision, message: str) -> Judgement:
         return Judgement(
             decision, NEXT_ACTION[decision], message, metric, value, threshold, attempt, max_retry, record
         )
@@ -85,18 +89,21 @@ def judge(
     if meets and not lost:
         if threshold is None and worse_by is None:
             return verdict(
-                "pass", f"No evaluation_threshold was set, so the model passes; {metric} = {shown}.{note}"
+                Decision.PASS,
+                f"No evaluation_threshold was set, so the model passes; {metric} = {shown}.{note}",
             )
-        return verdict("pass", f"{against}.{note}")
+        return verdict(Decision.PASS, f"{against}.{note}")
     retries_used = attempt - 1
     if retries_used < max_retry:
         left = max_retry - retries_used
         retry = f"{left} retr{'y' if left == 1 else 'ies'} left: adjust the hyperparameters to retrain."
-        return verdict("retrain", f"{against}; {retry}{note}" if worse_by is None else f"{against}. {retry}")
+        return verdict(
+            Decision.RETRAIN, f"{against}; {retry}{note}" if worse_by is None else f"{against}. {retry}"
+        )
     attempts = f"{attempt} attempt{'s' if attempt != 1 else ''}"
     if worse_by is None:
-        return verdict("fail", f"{against} after {attempts}.{note}")
-    return verdict("fail", f"{against}. No retries are left after {attempts}.")
+        return verdict(Decision.FAIL, f"{against} after {attempts}.{note}")
+    return verdict(Decision.FAIL, f"{against}. No retries are left after {attempts}.")
 
 
 def _name(champion: ChampionScore) -> str:

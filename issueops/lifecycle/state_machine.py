@@ -24,7 +24,7 @@ from issueops.errors import Conflict, InvalidInput
 from issueops.logs import log_context
 from issueops.monitoring import metrics
 from issueops.pipeline.runs import new_run_id
-from issueops.reporting.results import RunResult
+from issueops.reporting.results import Decision, RunResult
 from issueops.spec.body import TrainingSpec, validate_spec
 from issueops.spec.catalog import ALGORITHMS
 
@@ -377,12 +377,12 @@ def record_result(
     request.metric_value = result.metric_value
     request.message = result.message
     set_condition(request, "Running", False, f"Decision{result.decision.capitalize()}")
-    if result.decision == "pass":
+    if result.decision == Decision.PASS:
         request.phase = Phase.SUCCEEDED
         request.model_name = result.model_name or request.model_name
         request.model_version = result.model_version
         set_condition(request, "Succeeded", True, "ThresholdMet", result.message)
-    elif result.decision == "retrain":
+    elif result.decision == Decision.RETRAIN:
         request.phase = Phase.WAITING
         request.wait_deadline = iso(now + timedelta(seconds=timeout_s))
         set_condition(request, "WaitingForOperator", True, "BelowThreshold", f"until {request.wait_deadline}")
@@ -428,7 +428,7 @@ def run_failed(request: TrainingRequest, message: str) -> None:
     request.message = message
     current = request.current()
     if current is not None:
-        current.decision = "error"
+        current.decision = Decision.ERROR
         current.status_comment_id = request.status_comment_id
     set_condition(request, "Running", False, "RunError", message)
     set_condition(request, "Succeeded", False, "RunError", message)

@@ -31,11 +31,10 @@ from issueops.errors import IssueOpsError, lineage, recorded_error
 from issueops.logs import configure_logging, log_context, mask
 from issueops.monitoring import metrics
 from issueops.pipeline.policy import STEP_POLICIES
-from issueops.reporting.results import RunResult, StepTiming
+from issueops.reporting.results import Decision, RunResult, StepStatus, StepTiming
 from issueops.store import ObjectStore
 
 PIPELINE_STEPS = ("prepare_data", "train", "evaluate", "judge")
-INTERRUPTED = "interrupted"  # the decision, and the step status, of a run whose process died
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def run_state(store: ObjectStore, run_id: str) -> RunState:
         return RunState.RUNNING
     if store.exists(record.key("finished.json")):  # it finished just now
         return RunState.FINISHED
-    running = [s.name for s in record.steps() if s.status == "running"]
+    running = [s.name for s in record.steps() if s.status == StepStatus.RUNNING]
     where = f" during step {running[-1]}" if running else ""
     mark_interrupted(store, run_id, f"the process that ran it ({owner.describe()}) is gone{where}")
     return RunState.INTERRUPTED
@@ -223,7 +222,7 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
         raise recorded_error(earlier.get("lineage") or [earlier["kind"]], earlier["problems"])
     started = time.monotonic()
     record.write(
-        f"steps/{name}.json", {"name": name, "status": "running", "started_at": utcnow().isoformat()}
+        f"steps/{name}.json", {"name": name, "status": StepStatus.RUNNING, "started_at": utcnow().isoformat()}
     )
     policy = STEP_POLICIES.get(name)
 
@@ -241,7 +240,7 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        status = {"name": name, "status": "failed", "seconds": round(time.monotonic() - started, 3)}
+        status = {"name": name, "status": StepStatus.FAILED, "seconds": round(time.monotonic() - started, 3)}
         record.write(f"steps/{name}.json", status)
         _log_step_end(name, status)
         problems = exc.problems if isinstance(exc, IssueOpsError) else [f"{type(exc).__name__}: {exc}"]
@@ -262,7 +261,7 @@ def _guarded(record: RunRecord, name: str) -> Iterator[None]:
     else:
         status = {
             "name": name,
-            "status": "done",
+            "status": StepStatus.DONE,
             "seconds": round(time.monotonic() - started, 3),
             "finished_at": utcnow().isoformat(),
         }
@@ -290,7 +289,7 @@ def observe_run(store: ObjectStore, run_id: str) -> None:
     steps ran elsewhere (forked tasks, KFP pods) and wrote only here."""
     record = RunRecord(store, run_id)
     for step in record.steps():
-        if step.seconds is not None and step.status in ("done", "failed"):
+        if step.seconds is not None and step.status in (StepStatus.DONE, StepStatus.FAILED):
             metrics.observe_step(step.name, step.seconds)
     for key in store.list(f"runs/{run_id}"):
         if key.rsplit("/", 1)[-1].startswith("notify-") and key.endswith(".json"):
@@ -319,13 +318,16 @@ def collect_result(store: ObjectStore, run_id: str) -> RunResult:
     }
     for plot in evaluation.get("plots", []):
         artifacts[plot] = store.uri(f"evaluations/{run_id}/{plot}")
-    decision = judgement.get("decision") or ("error" if error else "unknown")
+    decision = judgement.get("decision") or (Decision.ERROR if error else Decision.UNKNOWN)
     message = judgement.get("message") or ("; ".join(error["problems"]) if error else "")
     steps = record.steps()
     if run_state(store, run_id) is RunState.INTERRUPTED:
         why = (record.read("interrupted.json") or {}).get("reason") or "its process is gone"
-        decision, message = INTERRUPTED, f"Run {run_id} was interrupted: {why}."
-        steps = [StepTiming(s.name, INTERRUPTED, s.seconds) if s.status == "running" else s for s in steps]
+        decision, message = Decision.INTERRUPTED, f"Run {run_id} was interrupted: {why}."
+        steps = [
+            StepTiming(s.name, StepStatus.INTERRUPTED, s.seconds) if s.status == StepStatus.RUNNING else s
+            for s in steps
+        ]
     return RunResult(
         run_id=run_id,
         spec=spec,

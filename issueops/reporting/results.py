@@ -5,7 +5,31 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class Decision(StrEnum):
+    """What became of an attempt: the judge's verdict, or why there is none. The values are stored
+    (judgement.json, the request's attempts, MLflow tags) and compared as plain strings."""
+
+    PASS = "pass"
+    RETRAIN = "retrain"
+    FAIL = "fail"
+    ERROR = "error"  # a step failed before the judge ran
+    INTERRUPTED = "interrupted"  # the run's process died (runs.run_state)
+    UNKNOWN = "unknown"  # the run's record holds neither a judgement nor an error
+
+
+class StepStatus(StrEnum):
+    """Where a pipeline step stands in the run's record (runs/<run_id>/steps/<step>.json)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"  # it was running when the run's process died
 
 
 def format_value(value: object) -> str:
@@ -43,7 +67,7 @@ def format_seconds(seconds: float) -> str:
 @dataclass
 class StepTiming:
     name: str
-    status: str  # pending | running | done | failed | skipped
+    status: str  # a StepStatus
     seconds: float | None = None
 
 
@@ -51,7 +75,7 @@ class StepTiming:
 class RunResult:
     run_id: str
     spec: dict[str, Any]
-    decision: str  # pass | retrain | fail | error | interrupted (its process died: runs.run_state)
+    decision: str  # a Decision
     message: str
     evaluation_metric: str
     threshold: float | None
@@ -78,9 +102,12 @@ class RunResult:
     @property
     def awaiting_approval(self) -> bool:
         """A passing version, registered and packaged, that waits for manual approval."""
-        deployed = any(s.name == "deploy" and s.status == "done" for s in self.steps)
+        deployed = any(s.name == "deploy" and s.status == StepStatus.DONE for s in self.steps)
         return (
-            self.decision == "pass" and bool(self.model_version) and self.alias != "production" and deployed
+            self.decision == Decision.PASS
+            and bool(self.model_version)
+            and self.alias != "production"
+            and deployed
         )
 
     def approval_note(self) -> str | None:

@@ -15,7 +15,14 @@ from typing import Protocol
 
 from issueops.errors import IssueOpsError
 from issueops.github import GitHubClient
-from issueops.reporting.results import RunResult, StepTiming, format_seconds, production_score
+from issueops.reporting.results import (
+    Decision,
+    RunResult,
+    StepStatus,
+    StepTiming,
+    format_seconds,
+    production_score,
+)
 from issueops.reporting.results import format_value as results_format_value
 
 log = logging.getLogger(__name__)
@@ -23,10 +30,10 @@ log = logging.getLogger(__name__)
 STATUS_MARKER = "<!-- issueops:status -->"
 QUESTION_MARKER = "<!-- issueops:question -->"
 DECISION_BADGES = {
-    "pass": "✅ pass",
-    "retrain": "🔁 retrain",
-    "fail": "❌ fail",
-    "error": "⚠️ error",
+    Decision.PASS: "✅ pass",
+    Decision.RETRAIN: "🔁 retrain",
+    Decision.FAIL: "❌ fail",
+    Decision.ERROR: "⚠️ error",
 }
 
 
@@ -46,17 +53,17 @@ def cell(text: str) -> str:
 def render_step(step: StepTiming) -> str:
     """`- [x] prepare_data (1.2 s)` for a finished step, `- [ ] train` for one still to come."""
     took = f" ({format_seconds(step.seconds)})" if step.seconds is not None else ""
-    if step.status == "done":
+    if step.status == StepStatus.DONE:
         return f"- [x] {step.name}{took}"
-    if step.status == "running":
+    if step.status == StepStatus.RUNNING:
         return f"- [ ] {step.name} — running…"
     if step.status.startswith("running: "):  # live progress, e.g. an RL iteration
         return f"- [ ] {step.name} — {cell(step.status.removeprefix('running: '))}"
-    if step.status == "failed":
+    if step.status == StepStatus.FAILED:
         return f"- [ ] {step.name} — **failed**{took}"
-    if step.status == "skipped":
+    if step.status == StepStatus.SKIPPED:
         return f"- [ ] ~~{step.name}~~ — skipped"
-    if step.status == "interrupted":
+    if step.status == StepStatus.INTERRUPTED:
         return f"- [ ] {step.name} — **interrupted**"
     return f"- [ ] {step.name}"
 
@@ -131,9 +138,9 @@ def render_status(
         state = f"**{state}**"
     elif result is not None:
         state = f"**Finished** — {DECISION_BADGES.get(result.decision, result.decision)}"
-    elif any(step.status == "failed" for step in steps):
+    elif any(step.status == StepStatus.FAILED for step in steps):
         state = "**Failed**"
-    elif any(step.status in ("running", "done") for step in steps):
+    elif any(step.status in (StepStatus.RUNNING, StepStatus.DONE) for step in steps):
         state = "**Running**"
     else:
         state = "**Queued**"
@@ -213,7 +220,7 @@ class StatusReport:
         self.title = request_title
         self.run_id = run_id
         self.links = dict(links or {})
-        self.steps = [StepTiming(name, "pending") for name in steps]
+        self.steps = [StepTiming(name, StepStatus.PENDING) for name in steps]
         self.result: RunResult | None = None
         self._clock = clock
         self._started: dict[str, float] = {}
@@ -225,7 +232,7 @@ class StatusReport:
         self._publish(f"{self.title}: started ({len(self.steps)} steps)")
 
     def step_started(self, name: str) -> None:
-        self._step(name).status = "running"
+        self._step(name).status = StepStatus.RUNNING
         self._started[name] = self._clock()
         self._publish(f"{name}: running")
 
@@ -234,7 +241,7 @@ class StatusReport:
         self._step(name).status = f"running: {note}"
         self._publish(f"{name}: {note}")
 
-    def step_finished(self, name: str, status: str = "done", seconds: float | None = None) -> None:
+    def step_finished(self, name: str, status: str = StepStatus.DONE, seconds: float | None = None) -> None:
         """Mark a step done, failed or skipped; timed from step_started unless `seconds` given."""
         step = self._step(name)
         step.status = status
@@ -249,7 +256,7 @@ class StatusReport:
         # Steps the report did not see (a step run elsewhere) take the result's timings.
         for timing in result.steps:
             step = self._step(timing.name)
-            if step.status == "pending":
+            if step.status == StepStatus.PENDING:
                 step.status, step.seconds = timing.status, timing.seconds
         self._publish(
             f"{self.title}: {result.decision} — {result.evaluation_metric} "
@@ -260,7 +267,7 @@ class StatusReport:
         for step in self.steps:
             if step.name == name:
                 return step
-        step = StepTiming(name, "pending")
+        step = StepTiming(name, StepStatus.PENDING)
         self.steps.append(step)
         return step
 
