@@ -2,8 +2,8 @@
 
 `StatusReport` keeps the step checklist and hands the rendered markdown to a sink: the
 GitHub sink posts one comment and then edits that same comment; the console sink logs.
-Only the final summary and a question to the operator are new comments. Rendering is
-done by pure functions, so what the user reads is tested without any server.
+The question to the operator after a retrain is a comment of its own, which the bridge posts
+(bridge/messages.py). Rendering is done by pure functions, so what the user reads is tested without any server.
 """
 
 from __future__ import annotations
