@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from issueops.config import Settings, utcnow
+from issueops.config import DEFAULT_COMPONENT_IMAGE, Settings, utcnow
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError, recorded_error
 from issueops.lifecycle import custom_resources
 from issueops.lifecycle.custom_resources import CustomResource
@@ -30,7 +30,7 @@ from issueops.store import ObjectStore
 log = logging.getLogger("issueops.pipeline.rayjob")
 
 RAY_VERSION = "2.60.0"  # the ray[rllib] pinned in pyproject.toml; the image must carry the same
-DEFAULT_IMAGE = "ghcr.io/issueops/issueops-components:0.1.0"
+DEFAULT_IMAGE = DEFAULT_COMPONENT_IMAGE  # a RayJob runs the same image as the pipeline steps
 NAMESPACE = "issueops"
 ENTRYPOINT = "python -m issueops.pipeline.rayjob_entrypoint"
 # Kubernetes quantities per pod. Ray wants requests equal to limits so its CPU count is honest.
