@@ -94,7 +94,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
 def _observe_models(settings: Settings, stop: threading.Event) -> None:
     """Production versions and drift checks as gauges, read again every MODELS_INTERVAL seconds."""
     from issueops.monitoring.metrics import observe_models
-    from issueops.registry import Registry
+    from issueops.registry.lifecycle import Registry
     from issueops.store import open_store
 
     # The first read waits one interval too: MLflow is not imported while the operator starts.

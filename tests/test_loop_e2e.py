@@ -103,7 +103,7 @@ def test_monitor_opens_a_proposal_that_an_approval_retrains_and_promotes(
     gh, settings, tmp_path, capsys, monkeypatch
 ):
     from issueops.pipeline.runs import RunRecord
-    from issueops.registry import Registry
+    from issueops.registry.lifecycle import Registry
     from issueops.store import open_store
 
     for name in ("ISSUEOPS_MANUAL_APPROVAL", "ISSUEOPS_PAYLOAD_LOG"):  # promoted and logged as by default
