@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/architecture_report.py [--json]
 
-Prints the largest modules, the import cycles between issueops modules (counting imports inside
+Prints the largest modules, imports that point against the loop's run order, the import cycles between issueops modules (counting imports inside
 functions, which hide cycles from a plain import), how many imports are function-local, and which
 files read `ISSUEOPS_*` settings from the environment. Only the standard library reads the code
 (ast); networkx (installed with torch) finds the cycles.
@@ -21,6 +21,24 @@ import networkx
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "issueops"
+# The loop's stages in run order, then the code that drives them: an import from a stage to a later one
+# (training importing pipeline, say) is the data climbing back up the layers.
+RUN_ORDER = (
+    "config errors logs store github",
+    "spec",
+    "data",
+    "training",
+    "evaluation",
+    "registry",
+    "packaging",
+    "serving",
+    "monitoring",
+    "reporting",
+    "pipeline",
+    "lifecycle",
+    "bridge",
+    "cli mcp_server __main__",
+)
 SETTING = re.compile(r"""["'](ISSUEOPS_[A-Z0-9_]+)["']""")
 ENVIRON = re.compile(r"os\.environ|os\.getenv|environ\.get|getenv\(")
 
@@ -28,6 +46,14 @@ ENVIRON = re.compile(r"os\.environ|os\.getenv|environ\.get|getenv\(")
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def stage_rank(module: str) -> int | None:
+    """Where a module's stage sits in RUN_ORDER (None for the package itself)."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    return next((rank for rank, names in enumerate(RUN_ORDER) if parts[1] in names.split()), None)
 
 
 def imported(tree: ast.AST, name: str, is_package: bool) -> list[tuple[str, bool]]:
@@ -69,6 +95,11 @@ def report() -> dict:
                 seen.add(target)
                 graph.add_edge(name, target)
                 local_imports += local
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, target in graph.edges
+        if None not in (stage_rank(source), stage_rank(target)) and stage_rank(source) < stage_rank(target)
+    )
     cycles = [
         sorted(component) for component in networkx.strongly_connected_components(graph) if len(component) > 1
     ]
@@ -96,6 +127,7 @@ def report() -> dict:
         "cycles": cycles,
         "modules_in_cycles": sum(len(c) for c in cycles),
         "function_local_imports": local_imports,
+        "imports_against_run_order": upward,
         "environ_readers": readers,
         "settings_read_from_environ": len({v for names in readers.values() for v in names}),
     }
@@ -116,6 +148,11 @@ def main() -> int:
     for cycle in figures["cycles"]:
         print("  " + " <-> ".join(cycle))
     print(f"function-local imports of issueops modules: {figures['function_local_imports']}")
+    print(
+        f"imports from a stage to a later one (against the run order): {len(figures['imports_against_run_order'])}"
+    )
+    for edge in figures["imports_against_run_order"]:
+        print("  " + edge)
     readers = figures["environ_readers"]
     print(
         f"ISSUEOPS_* read from the environment: {figures['settings_read_from_environ']} names in {len(readers)} files"

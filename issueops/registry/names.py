@@ -10,6 +10,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -55,6 +56,10 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _METRIC_KEY_BAD = re.compile(r"[^\w./\- ]")
 _DATA_SUFFIXES = {".csv", ".tsv", ".parquet", ".json", ".jsonl", ".gz", ".zip", ".bz2", ".xz", ".txt"}
 _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "ABORTED"}
+
+FollowEndpoint = Callable[[str, "int | None", "int | None"], str]
+"""Moves a model's endpoint from one production version to another (None: none) and says what it
+did; issueops.registry.promotion makes one per serving mode. Raising refuses the move."""
 
 
 @dataclass

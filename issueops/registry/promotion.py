@@ -21,8 +21,8 @@ from typing import Any
 
 from issueops.config import Settings
 from issueops.errors import InvalidInput, IssueOpsError
-from issueops.registry.lifecycle import FollowEndpoint, Registry
-from issueops.registry.names import RollbackResult, VersionInfo
+from issueops.registry.lifecycle import Registry
+from issueops.registry.names import FollowEndpoint, RollbackResult, VersionInfo
 from issueops.store import ObjectStore
 
 SERVING_MODES = ("local", "kserve")
