@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -29,11 +30,21 @@ from issueops.logs import mask
 EXPERIMENT = "issueops"
 PRODUCTION = "production"
 STATUS_TAG = "approval_status"
-PENDING = "PendingManualApproval"
-APPROVED = "Approved"
-ARCHIVED = "Archived"
-REJECTED = "Rejected"
-STATUSES = (PENDING, APPROVED, ARCHIVED, REJECTED)
+
+
+class ApprovalStatus(StrEnum):
+    """A version's approval state, SageMaker's names, stored as the version tag `approval_status`:
+    pending until approved; the one Approved version is production; Archived once it leaves
+    production; Rejected is never deployed again."""
+
+    PENDING = "PendingManualApproval"
+    APPROVED = "Approved"
+    ARCHIVED = "Archived"
+    REJECTED = "Rejected"
+
+
+PENDING, APPROVED, ARCHIVED, REJECTED = ApprovalStatus  # the names the registry's code reads best with
+STATUSES = tuple(ApprovalStatus)
 
 RUN_ID_TAG = "issueops.run_id"
 WAS_PRODUCTION_TAG = "issueops.was_production"
