@@ -41,7 +41,7 @@ from issueops.packaging.package import PackageResult
 from issueops.registry.lifecycle import Registry
 from issueops.registry.names import AuditRecord, ModelInfo, ModelSummary, RollbackResult, VersionInfo
 from issueops.registry.promotion import Production, Promotion
-from issueops.reporting.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming
 from issueops.serving.prediction import Prediction, Predictor
 from issueops.spec.body import TrainingSpec
 from issueops.spec.catalog import ALGORITHMS, METRICS, TASK_METRICS, Algorithm, Metric

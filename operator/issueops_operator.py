@@ -26,9 +26,9 @@ import threading
 import kopf
 
 from issueops.config import Settings
+from issueops.custom_resources import api_client
 from issueops.errors import InvalidInput, IssueOpsError
 from issueops.lifecycle.crd import GROUP, PLURAL, VERSION, require_served
-from issueops.lifecycle.custom_resources import api_client
 from issueops.lifecycle.runtime import OperatorRuntime
 from issueops.lifecycle.state_machine import ACTIVE_PHASES
 from issueops.logs import JsonFormatter

@@ -1020,7 +1020,7 @@ def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp
     """/approve promotes a version waiting for manual approval; /rollback puts the previous
     production version back; both only from authorised people, both answered on the issue."""
     from issueops.registry.lifecycle import Registry
-    from issueops.reporting.results import RunResult
+    from issueops.results import RunResult
 
     registry = Registry.from_settings(settings)
     model_dir = tmp_path / "model"
@@ -1064,7 +1064,7 @@ def test_approve_and_rollback_commands_drive_the_registry(hub, gh, settings, tmp
 def registered(settings, tmp_path, versions=(True,)) -> None:
     """Versions of `bc-rf` in the real registry: True approved (production), False pending."""
     from issueops.registry.lifecycle import Registry
-    from issueops.reporting.results import RunResult
+    from issueops.results import RunResult
 
     registry = Registry.from_settings(settings)
     model_dir = tmp_path / "model"

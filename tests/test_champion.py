@@ -19,8 +19,8 @@ from issueops.config import Settings
 from issueops.evaluation.judge import judge
 from issueops.evaluation.supervised import ChampionScore
 from issueops.registry.lifecycle import Registry
-from issueops.reporting.results import format_value
 from issueops.reporting.status import STATUS_MARKER, render_result_table
+from issueops.results import format_value
 from tests.github_double import GitHubDouble
 from tests.test_pipeline import cli
 
@@ -230,7 +230,7 @@ def test_rl_plays_the_champions_policy_on_the_same_episodes(home):
     """No Ray: two exported policies, the champion registered, the challenger through the steps."""
     from issueops.pipeline.execution import start_request
     from issueops.pipeline.steps import evaluate_step, judge_step, prepare_data_step
-    from issueops.reporting.results import RunResult
+    from issueops.results import RunResult
     from issueops.spec.body import parse_issue_body
     from issueops.store import open_store
 
@@ -350,7 +350,7 @@ def test_without_a_champion_the_judgement_reads_as_before():
 def test_the_operators_question_and_the_summary_show_production_beside_the_attempt():
     from issueops.bridge.messages import question
     from issueops.lifecycle.state_machine import new_request
-    from issueops.reporting.results import RunResult
+    from issueops.results import RunResult
     from issueops.spec.body import parse_issue_body
 
     spec = parse_issue_body(IRIS.format(trees=20, extra="").replace("max_retry: 0", "max_retry: 2"))

@@ -26,7 +26,7 @@ ENVIRON_ALLOWED = {
     "issueops/serving/server.py",
     "issueops/training/reinforcement/ray.py",
     "issueops/training/reinforcement/environment.py",
-    "issueops/lifecycle/custom_resources.py",
+    "issueops/custom_resources.py",
 }
 
 

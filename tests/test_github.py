@@ -23,7 +23,6 @@ from issueops.errors import (
     Unauthorized,
 )
 from issueops.github import GitHubClient, RetryPolicy, html_base_url
-from issueops.reporting.results import RunResult, StepTiming
 from issueops.reporting.status import (
     STATUS_MARKER,
     ConsoleSink,
@@ -35,6 +34,7 @@ from issueops.reporting.status import (
     render_status,
     render_step,
 )
+from issueops.results import RunResult, StepTiming
 
 try:
     from tests.github_double import GitHubDouble, git_blob_sha

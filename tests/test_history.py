@@ -12,7 +12,7 @@ from issueops.config import Settings
 from issueops.errors import ExternalServiceError
 from issueops.github import GitHubClient, RetryPolicy
 from issueops.reporting.history import history_stem, render_history, write_history
-from issueops.reporting.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming
 
 try:
     from tests.github_double import GitHubDouble

@@ -18,7 +18,7 @@ from issueops.config import Settings
 from issueops.pipeline.runs import RunRecord, RunState, collect_result, run_state
 from issueops.registry.lifecycle import Registry
 from issueops.registry.names import PENDING, REJECTED
-from issueops.reporting.results import Decision, StepStatus
+from issueops.results import Decision, StepStatus
 from issueops.store import open_store
 from tests.conftest import REPO
 from tests.test_prefork import _session

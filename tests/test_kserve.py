@@ -359,7 +359,7 @@ def two_versions(tmp_path, model: str):
     """Version 1 of `model` approved (production), version 2 pending, in the registry of ISSUEOPS_HOME."""
     from issueops.config import Settings
     from issueops.registry.lifecycle import Registry
-    from issueops.reporting.results import RunResult
+    from issueops.results import RunResult
 
     registry = Registry.from_settings(Settings.from_env())
     model_dir = tmp_path / "model"

@@ -16,7 +16,7 @@ from issueops.monitoring.payload_logger import PayloadLogger
 from issueops.monitoring.payloads import v2_tensors
 from issueops.monitoring.profile import build_reference_profile, save_reference_profile
 from issueops.registry.lifecycle import Registry
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 
 _counter = itertools.count(1)
 COLUMNS = {"input": ["age", "income"], "categorical": ["plan"]}

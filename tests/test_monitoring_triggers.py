@@ -36,7 +36,7 @@ from issueops.monitoring.triggers import check_triggers
 from issueops.pipeline.execution import check_inputs
 from issueops.pipeline.runs import RunRecord
 from issueops.registry.lifecycle import Registry
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 from issueops.spec.body import SpecError, parse_issue_body, validate_spec
 
 try:

@@ -21,7 +21,7 @@ from issueops.reporting.notify.channels import (
 )
 from issueops.reporting.notify.dispatch import notify
 from issueops.reporting.notify.messages import Notification, NotificationType, render_markdown
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 from tests.notify_servers import Reply, SmtpServer, WebhookReceiver, closed_port, self_signed_cert
 
 SLACK_PATH = "/services/T0001/B0002/slack-s3cret-token-111"

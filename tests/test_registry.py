@@ -20,7 +20,7 @@ from issueops.registry.names import (
     model_name_for,
     spec_hash,
 )
-from issueops.reporting.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming
 
 SPEC = {
     "learning_type": "supervised",

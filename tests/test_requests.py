@@ -26,7 +26,7 @@ from issueops.lifecycle.state_machine import (
     start_attempt,
     utcnow,
 )
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 from issueops.spec.body import validate_spec
 
 SPEC = {

@@ -143,7 +143,7 @@ def test_a_run_reads_as_running_finished_or_interrupted_from_its_owner_process(s
     import subprocess
 
     from issueops.pipeline.runs import RunOwner, RunState, mark_finished, mark_owner, run_state
-    from issueops.reporting.results import Decision, StepStatus
+    from issueops.results import Decision, StepStatus
 
     assert run_state(store, "run-6") is RunState.UNKNOWN  # no owner recorded: a cluster run
     mark_owner(store, "run-6")

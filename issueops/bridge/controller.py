@@ -35,7 +35,8 @@ from issueops.lifecycle.state_machine import (
     utcnow,
 )
 from issueops.pipeline.runs import PIPELINE_STEPS, RunRecord, collect_result
-from issueops.reporting.results import (
+from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
+from issueops.results import (
     Decision,
     RunResult,
     StepStatus,
@@ -43,7 +44,6 @@ from issueops.reporting.results import (
     after_rollback,
     production_after,
 )
-from issueops.reporting.status import ConsoleSink, GitHubCommentSink, render_status
 from issueops.store import open_store
 
 log = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ class KubernetesBook:
     def from_settings(cls, settings: Settings) -> KubernetesBook:
         from kubernetes import client
 
-        from issueops.lifecycle.custom_resources import api_client
+        from issueops.custom_resources import api_client
 
         api = client.CustomObjectsApi(api_client("ISSUEOPS_BRIDGE_MODE=cluster"))
         namespace = settings.namespace if settings.namespace_given else None

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from issueops.lifecycle.state_machine import TrainingRequest, adjustable
-from issueops.reporting.results import RunResult, format_seconds, production_score
 from issueops.reporting.status import QUESTION_MARKER, cell, format_value
+from issueops.results import RunResult, format_seconds, production_score
 from issueops.spec.catalog import ALGORITHMS, METRICS
 
 REPLY_MARKER = "<!-- issueops:reply -->"

@@ -16,7 +16,7 @@ from issueops.cli.exits import answered
 from issueops.config import Settings
 from issueops.errors import InvalidInput
 from issueops.logs import configure_logging
-from issueops.reporting.results import Decision
+from issueops.results import Decision
 
 EXIT_BY_DECISION = {Decision.PASS: 0, Decision.RETRAIN: 3, Decision.FAIL: 4}
 MAX_SPEC_FILE_BYTES = 1024 * 1024
@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
 
 
 def render_summary(result) -> str:
-    from issueops.reporting.results import format_value
+    from issueops.results import format_value
 
     lines = [
         f"run        {result.run_id}",

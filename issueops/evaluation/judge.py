@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from issueops.reporting.results import Decision, format_value
+from issueops.results import Decision, format_value
 from issueops.spec.catalog import METRICS
 
 if TYPE_CHECKING:

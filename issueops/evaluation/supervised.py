@@ -379,7 +379,7 @@ def compare_versions(registry, store, model: str, a: int, b: int) -> VersionComp
     """Versions `a` and `b` of `model` side by side: registered metrics, and both scored (as the judge
     scores production) on the test split of the newer one's run, with the newer one's metric."""
     from issueops.pipeline.runs import RunRecord
-    from issueops.reporting.results import format_value
+    from issueops.results import format_value
     from issueops.spec.catalog import METRICS
     from issueops.store import download_dir
 

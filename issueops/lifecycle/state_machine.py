@@ -24,7 +24,7 @@ from issueops.errors import Conflict, InvalidInput
 from issueops.logs import log_context
 from issueops.monitoring import metrics
 from issueops.pipeline.runs import new_run_id
-from issueops.reporting.results import Decision, RunResult
+from issueops.results import Decision, RunResult
 from issueops.spec.body import TrainingSpec, validate_spec
 from issueops.spec.catalog import ALGORITHMS
 

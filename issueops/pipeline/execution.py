@@ -19,7 +19,7 @@ from issueops.pipeline.runs import (
     mark_owner,
     new_run_id,
 )
-from issueops.reporting.results import RunResult, StepTiming
+from issueops.results import RunResult, StepTiming
 from issueops.spec.body import TrainingSpec
 from issueops.store import ObjectStore, open_store
 

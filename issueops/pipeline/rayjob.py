@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from issueops import custom_resources
 from issueops.config import DEFAULT_COMPONENT_IMAGE, Settings, utcnow
+from issueops.custom_resources import CustomResource
 from issueops.errors import ExternalServiceError, InvalidInput, IssueOpsError, recorded_error
-from issueops.lifecycle import custom_resources
-from issueops.lifecycle.custom_resources import CustomResource
 from issueops.pipeline.policy import STEP_POLICIES
 from issueops.spec.body import TrainingSpec
 from issueops.spec.catalog import resolved_hyperparameters

@@ -31,7 +31,7 @@ from issueops.errors import IssueOpsError, lineage, recorded_error
 from issueops.logs import configure_logging, log_context, mask
 from issueops.monitoring import metrics
 from issueops.pipeline.policy import STEP_POLICIES
-from issueops.reporting.results import Decision, RunResult, StepStatus, StepTiming
+from issueops.results import Decision, RunResult, StepStatus, StepTiming
 from issueops.store import ObjectStore
 
 PIPELINE_STEPS = ("prepare_data", "train", "evaluate", "judge")

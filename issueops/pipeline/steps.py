@@ -382,7 +382,7 @@ def notify_step(run_id: str, notification_type: str) -> dict:
         post = (lambda issue, body: github.post_comment(issue, body)[1]) if github else None
         rollback = RunRecord(store, run_id).read("rollback.json")
         if rollback:  # say which version production is on now, or that there is none
-            from issueops.reporting.results import after_rollback
+            from issueops.results import after_rollback
 
             result.message = f"{result.message} {after_rollback(rollback)}".strip()
         report = notify(

@@ -57,7 +57,7 @@ from issueops.registry.names import (
 )
 from issueops.registry.rollback import Rollback
 from issueops.registry.tracking import Tracking, _numeric, default_artifact_location, prepare_database
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 
 log = logging.getLogger(__name__)
 

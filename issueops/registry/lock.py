@@ -154,7 +154,7 @@ class LeaseLock:
         if self._api is None:
             from kubernetes import client
 
-            from issueops.lifecycle.custom_resources import api_client
+            from issueops.custom_resources import api_client
 
             self._api = client.CoordinationV1Api(api_client("ISSUEOPS_REGISTRY_LOCK=lease"))
         return self._api

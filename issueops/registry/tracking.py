@@ -35,7 +35,7 @@ from issueops.registry.names import (
     model_name_for,
     spec_hash,
 )
-from issueops.reporting.results import RunResult
+from issueops.results import RunResult
 
 
 def _numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:

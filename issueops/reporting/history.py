@@ -25,8 +25,8 @@ import yaml
 from issueops.config import Settings
 from issueops.errors import ExternalServiceError, IssueOpsError
 from issueops.github import GitHubClient, html_base_url
-from issueops.reporting.results import RunResult, production_note, production_score
 from issueops.reporting.status import DECISION_BADGES, cell, format_seconds, format_value
+from issueops.results import RunResult, production_note, production_score
 
 log = logging.getLogger(__name__)
 

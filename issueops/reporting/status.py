@@ -15,7 +15,7 @@ from typing import Protocol
 
 from issueops.errors import IssueOpsError
 from issueops.github import GitHubClient
-from issueops.reporting.results import (
+from issueops.results import (
     Decision,
     RunResult,
     StepStatus,
@@ -23,7 +23,7 @@ from issueops.reporting.results import (
     format_seconds,
     production_score,
 )
-from issueops.reporting.results import format_value as results_format_value
+from issueops.results import format_value as results_format_value
 
 log = logging.getLogger(__name__)
 

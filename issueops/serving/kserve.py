@@ -18,10 +18,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from issueops import custom_resources
 from issueops.config import Settings
+from issueops.custom_resources import CustomResource
 from issueops.errors import InvalidInput
-from issueops.lifecycle import custom_resources
-from issueops.lifecycle.custom_resources import CustomResource
 from issueops.store import ObjectStore
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"

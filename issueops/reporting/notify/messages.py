@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from issueops.reporting.results import RunResult, format_value, production_score
+from issueops.results import RunResult, format_value, production_score
 
 
 class NotificationType(StrEnum):
