@@ -170,6 +170,12 @@ def test_exit_2_not_found(home, capsys):
     assert capsys.readouterr() == ("", "There is no registered model named 'no-such-model'.\n")
 
 
+def test_a_bad_setting_is_a_sentence_for_every_command(home, monkeypatch, capsys):
+    monkeypatch.setenv("ISSUEOPS_CPUS", "x")  # once read while the parser was built: a traceback
+    assert main(["algorithms"]) == 2
+    assert capsys.readouterr() == ("", "ISSUEOPS_CPUS must be a whole number, got 'x'.\n")
+
+
 def test_exit_1_a_service_that_does_not_answer(home, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard: nothing listens
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -20,13 +20,13 @@ def add_bridge_parser(subparsers) -> None:
     serve = commands.add_parser("serve", help="receive GitHub webhooks (needs GITHUB_WEBHOOK_SECRET)")
     serve.add_argument(
         "--host",
-        default=Settings.from_env().bridge_host,
+        default=None,
         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)",
     )
     serve.add_argument(
         "--port",
         type=int,
-        default=Settings.from_env().bridge_port,  # a string: argparse converts it with `type`
+        default=None,  # ISSUEOPS_BRIDGE_PORT, read in cmd_serve so a bad setting is a sentence
         help="port to listen on (default 8080)",
     )
     serve.set_defaults(handler=cmd_serve)
@@ -48,6 +48,13 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _bridge_port(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"ISSUEOPS_BRIDGE_PORT must be a port (1-65535), got {raw!r}.") from None
+
+
 def cmd_serve(args) -> int:
     from issueops.bridge.webhook import HttpServer, make_app
     from issueops.bridge.wiring import open_bridge
@@ -56,11 +63,13 @@ def cmd_serve(args) -> int:
     secret = settings.github_webhook_secret
     if not secret:
         raise InvalidInput("Set GITHUB_WEBHOOK_SECRET to the secret configured on the GitHub webhook.")
-    if not 0 < args.port < 65536:
-        raise InvalidInput(f"--port must be 1-65535, got {args.port}.")
+    host = args.host or settings.bridge_host
+    port = args.port if args.port is not None else _bridge_port(settings.bridge_port)
+    if not 0 < port < 65536:
+        raise InvalidInput(f"--port must be 1-65535, got {port}.")
     bridge = open_bridge(settings)
     stop = _stop_on_signals()
-    server = HttpServer(make_app(bridge.inbox, secret), args.host, args.port).start()
+    server = HttpServer(make_app(bridge.inbox, secret), host, port).start()
     worker, worker_stop = bridge.start()
     print(f"issueops bridge: listening on {server.url}/webhook", file=sys.stderr, flush=True)
     try:
