@@ -54,19 +54,23 @@ def _flag(raw: str) -> bool:
     return raw.lower() in ("1", "true", "yes")
 
 
-def _seconds(raw: str) -> float:
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return 120.0
-
-
 def _whole(name: str):
     def parse(raw: str) -> int:
         try:
             return int(raw)
         except ValueError:
             raise InvalidInput(f"{name} must be a whole number, got {raw!r}.") from None
+
+    return parse
+
+
+def _decimal(name: str, *, least: float | None = None):
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInput(f"{name} must be a number, got {raw!r}.") from None
+        return value if least is None else max(least, value)
 
     return parse
 
@@ -116,7 +120,7 @@ class Settings:
     mlflow_registry_uri: str | None = setting("MLFLOW_REGISTRY_URI", None, "a registry apart from the tracking server", shown="`MLFLOW_TRACKING_URI`", task=True)  # fmt: skip
     manual_approval: bool = setting("ISSUEOPS_MANUAL_APPROVAL", False, "passing versions wait for approval", shown="`false`", parse=_flag, task=True)  # fmt: skip
     registry_lock: str = setting("ISSUEOPS_REGISTRY_LOCK", "auto", "how changes to one model are serialised (`file`, `lease`; `auto`: a Lease in a pod with an MLflow server, else a file lock)", parse=str.lower)  # fmt: skip
-    registry_lock_wait_s: float = setting("ISSUEOPS_REGISTRY_LOCK_WAIT", 120.0, "how many seconds a change waits for the lock", shown="120", parse=_seconds)  # fmt: skip
+    registry_lock_wait_s: float = setting("ISSUEOPS_REGISTRY_LOCK_WAIT", 120.0, "how many seconds a change waits for the lock", shown="120", parse=_decimal("ISSUEOPS_REGISTRY_LOCK_WAIT", least=0.0))  # fmt: skip
     actor: str | None = setting("ISSUEOPS_ACTOR", None, "who the audit trail names for CLI changes; the GitHub login MCP's `answer_request` acts as (no fallback there)", shown="`$USER`")  # fmt: skip
     history_repo: Path | None = setting("ISSUEOPS_HISTORY_REPO", None, "where history is committed", shown="`$ISSUEOPS_HOME/history`")  # fmt: skip
     history_branch: str = setting("ISSUEOPS_HISTORY_BRANCH", "main", "the branch history is committed to", task=True)  # fmt: skip
@@ -137,7 +141,7 @@ class Settings:
     kfp_experiment: str = setting("ISSUEOPS_KFP_EXPERIMENT", "issueops", "the KFP experiment of the operator's runs")  # fmt: skip
     kfp_namespace: str | None = setting("ISSUEOPS_KFP_NAMESPACE", None, "the KFP namespace of the operator's runs")  # fmt: skip
     operator_local: bool = setting("ISSUEOPS_OPERATOR_LOCAL", False, "`1`: the operator runs attempts on the local runner", shown="unset", parse=_flag)  # fmt: skip
-    operator_interval_s: float = setting("ISSUEOPS_OPERATOR_INTERVAL", 5.0, "seconds between the operator's looks at each active request", shown="5", parse=float)  # fmt: skip
+    operator_interval_s: float = setting("ISSUEOPS_OPERATOR_INTERVAL", 5.0, "seconds between the operator's looks at each active request", shown="5", parse=_decimal("ISSUEOPS_OPERATOR_INTERVAL"))  # fmt: skip
     operator_metrics_port: int = setting("ISSUEOPS_OPERATOR_METRICS_PORT", 9090, "the operator's `/metrics` port (`0`: none)", parse=_port("ISSUEOPS_OPERATOR_METRICS_PORT"))  # fmt: skip
     serving: str = setting("ISSUEOPS_SERVING", "local", "`kserve`: deploy applies InferenceServices", parse=str.lower, task=True)  # fmt: skip
     serving_device: str = setting("ISSUEOPS_SERVING_DEVICE", "cpu", "KServe placement", task=True)  # fmt: skip

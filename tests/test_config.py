@@ -116,6 +116,8 @@ def test_an_empty_variable_keeps_the_default():
         ("ISSUEOPS_OPERATOR_METRICS_PORT", "90000"),
         ("ISSUEOPS_MAX_DATASET_MB", "lots"),
         ("ISSUEOPS_CPUS", "x"),
+        ("ISSUEOPS_OPERATOR_INTERVAL", "5s"),
+        ("ISSUEOPS_REGISTRY_LOCK_WAIT", "2m"),
     ],
 )
 def test_a_malformed_number_is_named(name, value):
