@@ -186,12 +186,12 @@ class Settings:
         """The settings `environ` (default: this process's environment) gives; secrets are registered
         with the log masker before anything can log them."""
         environ = os.environ if environ is None else environ
+        for name in SECRET_ENV_NAMES:
+            register_secret(environ.get(name))
         given: dict[str, Any] = {}
         for f in fields(cls):
             name = f.metadata.get("env")
             raw = environ.get(name) if name else None
-            if f.metadata.get("secret"):
-                register_secret(raw)
             if raw not in (None, ""):
                 given[f.name] = f.metadata["parse"](raw) if f.metadata["parse"] else raw
         home = Path(given.get("home", "./.issueops")).expanduser().resolve()
@@ -205,13 +205,12 @@ class Settings:
             "history_repo": Path(given.get("history_repo", str(home / "history"))).expanduser(),
             "in_cluster": environ.get("KUBERNETES_SERVICE_HOST") is not None,
         }
-        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # boto3 reads these itself; masked
-            register_secret(environ.get(name))
         settings = cls(**given)
         object.__setattr__(settings, "_namespace_given", "namespace" in given)
         return settings
 
 
+# Masked in logs once read: the secret settings, and the AWS ones boto3 reads itself.
 SECRET_ENV_NAMES = (
     *(f.metadata["env"] for f in fields(Settings) if f.metadata.get("secret")),
     "AWS_SECRET_ACCESS_KEY",
