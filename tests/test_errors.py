@@ -13,6 +13,7 @@ import pytest
 from issueops import errors
 from issueops.cli import main
 from issueops.cli.exits import answered
+from issueops.cli.serving import main as serving_main
 from issueops.errors import ANSWERS, Answer, ExternalServiceError, IssueOpsError, SpecError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +174,8 @@ def test_exit_2_not_found(home, capsys):
 def test_a_bad_setting_is_a_sentence_for_every_command(home, monkeypatch, capsys):
     monkeypatch.setenv("ISSUEOPS_CPUS", "x")  # once read while the parser was built: a traceback
     assert main(["algorithms"]) == 2
+    assert capsys.readouterr() == ("", "ISSUEOPS_CPUS must be a whole number, got 'x'.\n")
+    assert serving_main(["package", "some-model"]) == 2  # `python -m issueops.cli.serving` alike
     assert capsys.readouterr() == ("", "ISSUEOPS_CPUS must be a whole number, got 'x'.\n")
 
 

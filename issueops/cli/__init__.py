@@ -12,10 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from issueops.cli.exits import answered
+from issueops.cli.exits import answered, logged
 from issueops.config import Settings
 from issueops.errors import InvalidInput
-from issueops.logs import configure_logging
 from issueops.results import Decision
 
 EXIT_BY_DECISION = {Decision.PASS: 0, Decision.RETRAIN: 3, Decision.FAIL: 4}
@@ -25,17 +24,7 @@ MAX_SPEC_FILE_BYTES = 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return answered(_logged)(args)
-
-
-def _logged(args: argparse.Namespace) -> int:
-    """The command with logging as the settings ask; read inside `answered`, so a bad setting is
-    a sentence on stderr, not a traceback."""
-    settings = Settings.from_env()
-    configure_logging(
-        settings.log_level or "WARNING", json_lines=settings.log_json, service=f"issueops-{args.command}"
-    )
-    return args.handler(args)
+    return answered(logged)(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

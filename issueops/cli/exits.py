@@ -7,6 +7,7 @@ is 130; a bug of ours is one line, its traceback only with ISSUEOPS_DEBUG set.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import ParamSpec
 
 from issueops.config import Settings
 from issueops.errors import IssueOpsError
-from issueops.logs import mask
+from issueops.logs import configure_logging, mask
 
 P = ParamSpec("P")
 
@@ -55,6 +56,16 @@ def answered(command: Callable[P, int]) -> Callable[P, int]:
             return EXIT_INTERNAL_ERROR
 
     return run
+
+
+def logged(args: argparse.Namespace) -> int:
+    """The command `args` names, with logging as the settings ask; run it inside `answered`, so a
+    bad setting is a sentence on stderr, not a traceback."""
+    settings = Settings.from_env()
+    configure_logging(
+        settings.log_level or "WARNING", json_lines=settings.log_json, service=f"issueops-{args.command}"
+    )
+    return args.handler(args)
 
 
 def _debugging() -> bool:

@@ -8,9 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from issueops.cli.exits import answered
-from issueops.config import Settings
-from issueops.logs import configure_logging
+from issueops.cli.exits import answered, logged
 
 
 def add_serving_parser(subparsers) -> None:
@@ -86,12 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="issueops")
     add_serving_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
-    configure_logging(
-        Settings.from_env().log_level or "WARNING",
-        json_lines=Settings.from_env().log_json,
-        service=f"issueops-{args.command}",
-    )
-    return answered(args.handler)(args)
+    return answered(logged)(args)
 
 
 if __name__ == "__main__":
