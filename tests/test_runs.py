@@ -1,5 +1,6 @@
 """The run record: step states, errors, retries of bad input, and the step timeout."""
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,15 @@ def test_step_guard_records_done_and_failed(store):
     record = RunRecord(store, "run-1")
     assert [(s.name, s.status) for s in record.steps()] == [("prepare_data", "done"), ("train", "failed")]
     assert record.error()["problems"] == ["RuntimeError: disk full"]
+
+
+def test_a_step_logs_at_the_level_the_settings_ask(store, monkeypatch, caplog):
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # put back after the test
+    monkeypatch.setenv("ISSUEOPS_LOG_LEVEL", "WARNING")
+    with step_guard(store, "run-4", "prepare_data"):
+        logging.getLogger("issueops.pipeline").info("reading the dataset")
+    assert [r.levelname for r in caplog.records if r.levelno < logging.WARNING] == []
 
 
 def test_a_retry_of_bad_input_fails_at_once_with_the_same_reason(store):

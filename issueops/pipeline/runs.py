@@ -205,7 +205,8 @@ def step_guard(store: ObjectStore, run_id: str, name: str) -> Iterator[None]:
     duration and status."""
     # A step runs in a process of its own (a fork of the local runner, a KFP pod): its lines go
     # to stderr (the run's log file, the pod's log), as JSON lines when asked.
-    configure_logging("INFO", json_lines=Settings.from_env().log_json, service="issueops-step")
+    settings = Settings.from_env()
+    configure_logging(settings.log_level or "INFO", json_lines=settings.log_json, service="issueops-step")
     record = RunRecord(store, run_id)
     issue = (record.read("request.json") or {}).get("issue")
     with log_context(execution_id=run_id, issue_number=issue):
