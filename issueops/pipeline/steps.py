@@ -48,10 +48,10 @@ def train_step(spec_json: str, run_id: str, processed_dir: str, model_dir: str) 
     """Train here, or (reinforcement learning with ISSUEOPS_RL_RUNNER=rayjob) in a KubeRay RayJob
     that runs this same step on its own Ray cluster and uploads the model; either way the model
     ends up in `model_dir` and in the store under models/<run_id>."""
-    _, store = _context()
+    settings, store = _context()
     spec = TrainingSpec.from_json(spec_json)
     with step_guard(store, run_id, "train"):
-        runner = Settings.from_env().rl_runner
+        runner = settings.rl_runner
         if runner not in ("local", "rayjob"):
             raise InvalidInput(f"ISSUEOPS_RL_RUNNER must be local or rayjob, not {runner!r}.")
         if spec.learning_type == "reinforcement" and runner == "rayjob":
@@ -207,7 +207,7 @@ def rollback_step(run_id: str) -> dict:
         outcome = Production(settings, store=store).roll_back_request(
             model_name_for(result.spec), run_id, reason=result.message, actor=actor(PIPELINE_ACTOR)
         )
-        record = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
+        record = outcome.to_dict()
         RunRecord(store, run_id).write("rollback.json", record)
     return record
 
@@ -221,8 +221,7 @@ def package_step(run_id: str, repo: str | None = None) -> dict[str, Any]:
     from issueops.packaging.onnx_parity import NotServable
     from issueops.packaging.package import package_model
 
-    settings = Settings.from_env()
-    store = open_store(settings)
+    settings, store = _context()
     record = RunRecord(store, run_id)
     with step_guard(store, run_id, "package"):
         registration = record.read("registration.json")
@@ -282,8 +281,7 @@ def tensorrt_step(run_id: str, out_dir: str | None = None) -> dict[str, Any]:
     from issueops.errors import Unavailable
     from issueops.packaging.tensorrt import EngineCheckError, build_for_package
 
-    settings = Settings.from_env()
-    store = open_store(settings)
+    settings, store = _context()
     record = RunRecord(store, run_id)
     with step_guard(store, run_id, "build_tensorrt_engine"):
         package = record.read("package.json") or {}
@@ -310,8 +308,7 @@ def deploy_step(run_id: str) -> dict[str, Any]:
     InferenceService (primary when the version is production, a canary while it awaits /approve);
     the default, local, relies on `issueops serve`, which follows the production alias by itself.
     """
-    settings = Settings.from_env()
-    store = open_store(settings)
+    settings, store = _context()
     record = RunRecord(store, run_id)
     with step_guard(store, run_id, "deploy"):
         package = record.read("package.json") or {}
