@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from issueops.bridge.events import TRAIN_LABEL
+from issueops.bridge.events import TRAIN_LABEL, label_names
 from issueops.bridge.inbox import Inbox
 from issueops.bridge.messages import is_own_comment
 from issueops.config import Settings
@@ -120,7 +120,7 @@ class Poller:
             if updated and (newest is None or updated > newest):
                 newest = updated
             # A proposal that also has the training label was read with the training requests.
-            if not requests and self.label in _label_names(issue):
+            if not requests and self._has_label(issue):
                 continue
             if requests:
                 body_digest = hashlib.sha1((issue.get("body") or "").encode()).hexdigest()[:12]
@@ -240,9 +240,11 @@ class Poller:
                 self._failures += 1
             stop.wait(wait)
 
+    def _has_label(self, issue: dict[str, Any]) -> bool:
+        try:
+            return self.label in label_names(issue)
+        except ValueError:  # labels not as GitHub sends them: queued, and the handler says why it ignores it
+            return False
+
     def close(self) -> None:
         self.http.close()
-
-
-def _label_names(issue: dict[str, Any]) -> set[str]:
-    return {label.get("name") if isinstance(label, dict) else label for label in issue.get("labels") or []}
