@@ -44,6 +44,7 @@ except ModuleNotFoundError:  # pytest put tests/ on sys.path, not the repository
 SECRET = "webhook-secret-for-the-tests"
 TOKEN = "issueops-bridge-test-credential-4d1e"
 FAST = RetryPolicy(attempts=2, backoff=0.01, max_wait=2)
+PERMISSION_ROUTE = "GET /repos/{owner}/{repo}/collaborators/{username}/permission"
 # Required top-level fields of GitHub's webhook payloads, from @octokit/openapi-webhooks 12.1.0
 # (components/schemas/webhook-issues-opened, -labeled, -edited and webhook-issue-comment-created).
 REQUIRED = {
@@ -1310,9 +1311,11 @@ def test_an_attempt_lost_again_and_again_fails_saying_why_and_retrain_starts_ove
     assert f"lost {MAX_RESTARTS + 1} times" in hub.bodies(number)[-1]
 
     hub.store.save(request)
+    asked = len(gh.calls(PERMISSION_ROUTE))
     hub.deliver("issue_comment", hub.comment_event(number, "/retrain", "alice"))
     hub.process()
     assert hub.request(number).name == "octo-org-models-1-2" and hub.request(number).phase == Phase.PENDING
+    assert len(gh.calls(PERMISSION_ROUTE)) == asked + 1  # once for the /retrain, not again for its request
 
 
 def test_a_run_lost_after_its_judgement_keeps_the_decision(hub, gh, settings):
@@ -1379,6 +1382,7 @@ def test_approve_retrain_starts_one_request_from_the_proposal_and_the_label_adds
     hub.process()
     request = hub.request(number)
     assert request is not None and request.requested_by == "alice"
+    assert len(gh.calls(PERMISSION_ROUTE)) == 1  # alice's permission is asked once per approval
     assert request.spec == parse_issue_body(proposal_body()) and request.spec.model_name == "bc-rf"
     # A second approval, and the label added afterwards, start nothing more.
     hub.deliver("issue_comment", hub.comment_event(number, "/approve-retrain", "alice"))

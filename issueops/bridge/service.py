@@ -235,16 +235,20 @@ class Bridge:
             return self._request(intent, delivery)
         return self._input(intent, delivery)
 
-    def _request(self, intent: Intent, delivery: Delivery, *, asked: bool = False) -> str:
-        """A new request from the issue body; `asked`: a person asked for one (`/retrain`)."""
+    def _request(self, intent: Intent, delivery: Delivery) -> str:
+        """A new request from the issue body, when the training label's event starts one."""
         existing = self.book.find(intent.repository, intent.issue)
         action, issue = delivery.payload.get("action"), delivery.payload.get("issue") or {}
-        if not asked and not starts_new_request(existing, action, issue.get("updated_at")):
+        if not starts_new_request(existing, action, issue.get("updated_at")):
             return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
         client = self.github(intent.repository)
         if not self._may_steer(client, intent.sender):
             self._deny(client, intent, "start training with the label")
             return f"{intent.sender} may not start training"
+        return self._create(client, intent)
+
+    def _create(self, client: GitHubClient | None, intent: Intent) -> str:
+        """A new request from `intent.body`; the caller has checked that the sender may steer."""
         try:  # read only now that the sender may steer, and in the reader's process
             spec = validate_spec(read_document(intent.body), check_inputs=self.book.check)
             check_proposal_spec(intent.body, spec.model_name)  # a proposal retrains its own model
@@ -282,7 +286,7 @@ class Bridge:
             # A finished request is trained again because a person asked: a new request from
             # the issue body as it is now (max_retry starts afresh).
             body = (delivery.payload.get("issue") or {}).get("body") or ""
-            return self._request(replace(intent, kind="request", body=body), delivery, asked=True)
+            return self._create(client, replace(intent, kind="request", body=body))
         given = OperatorInput(
             action=intent.action,
             id=f"comment-{intent.comment_id}",
@@ -322,8 +326,7 @@ class Bridge:
         if existing is not None:
             self._reply(client, intent.issue, messages.proposal_already_approved(APPROVE_COMMAND, existing))
             return f"issue #{intent.issue} already has {existing.phase} request {existing.name}"
-        body = issue.get("body") or ""
-        return self._request(replace(intent, kind="request", body=body), delivery)
+        return self._create(client, replace(intent, kind="request", body=issue.get("body") or ""))
 
     # ------------------------------------------------------------------ authorisation and replies
 
