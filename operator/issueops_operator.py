@@ -98,9 +98,13 @@ def _observe_models(settings: Settings, stop: threading.Event) -> None:
     from issueops.store import open_store
 
     # The first read waits one interval too: MLflow is not imported while the operator starts.
+    # The registry and store are made at the first tick that can make them, then kept.
+    registry = store = None
     while not stop.wait(MODELS_INTERVAL):
         try:
-            observe_models(Registry.from_settings(settings), open_store(settings))
+            if registry is None or store is None:
+                registry, store = Registry.from_settings(settings), open_store(settings)
+            observe_models(registry, store)
         except Exception as error:  # the registry being away must not end the operator
             logging.getLogger(__name__).warning("model gauges not refreshed: %s", error)
 
