@@ -468,6 +468,29 @@ def test_valid_input_queues_the_next_attempt_with_merged_hyperparameters(hub, gh
     assert len(request.applied_inputs) == 1
 
 
+def test_a_change_whose_save_fails_is_not_counted(hub, gh, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from issueops.lifecycle.state_machine import OperatorInput
+
+    request = waiting_request(hub, gh.create_issue("Train", body="", user="alice"))
+
+    def cancelled() -> float:
+        return REGISTRY.get_sample_value("issueops_requests_total", {"phase": Phase.CANCELLED}) or 0.0
+
+    def disk_full(request):
+        raise OSError("disk full")
+
+    before = cancelled()
+    with monkeypatch.context() as patched:
+        patched.setattr(hub.store, "save", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            hub.bridge.book.apply(request, OperatorInput(action="cancel", id="comment-1", by="alice"))
+    assert hub.request(request.issue).phase == Phase.WAITING and cancelled() == before
+    hub.bridge.book.apply(request, OperatorInput(action="cancel", id="comment-2", by="alice"))
+    assert hub.request(request.issue).phase == Phase.CANCELLED and cancelled() == before + 1
+
+
 def test_status_and_cancel_commands_and_retrain_after_the_end(hub, gh):
     body = SPEC.format(threshold=0.9, max_retry=1)
     number = gh.create_issue("Train", body=body, labels=["mlops:train"], user="alice")

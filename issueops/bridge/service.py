@@ -9,6 +9,7 @@ TrainingRequest resources for the operator (cluster mode).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import threading
@@ -112,8 +113,11 @@ class LocalBook:
         return request
 
     def apply(self, request: TrainingRequest, given: OperatorInput) -> str | None:
-        with self.store.editing(request.name) as fresh, counted(fresh, self._run_ended):
-            return self.controller.apply(fresh, given)
+        # Counted once the change is saved: counting nothing when the save fails.
+        with contextlib.ExitStack() as saved:
+            with self.store.editing(request.name) as fresh:
+                saved.enter_context(counted(fresh, self._run_ended))
+                return self.controller.apply(fresh, given)
 
     def _run_ended(self, run_id: str) -> None:
         observe_run(self.controller.store, run_id)
