@@ -101,15 +101,9 @@ class CustomResource:
             # server ("failed to create typed patch object"), yet no retry can change it.
             if exc.status in (400, 422) or "field not declared in schema" in detail:
                 raise InvalidInput(f"Kubernetes rejected {what}: {detail}") from None
-            raise ExternalServiceError(
-                f"Kubernetes API error {exc.status} on {what}: {detail}",
-                transient=exc.status >= 500 or exc.status == 429,
-                status=exc.status,
-            ) from None
+            raise api_failure(f"Kubernetes API error {exc.status} on {what}: {detail}", exc.status) from None
         except HTTPError as exc:
-            raise ExternalServiceError(
-                f"The Kubernetes API is unreachable: {type(exc).__name__}", transient=True
-            ) from None
+            raise unreachable(exc) from None
 
 
 def _reason(exc) -> str:
@@ -117,3 +111,13 @@ def _reason(exc) -> str:
         return json.loads(exc.body).get("message", "")[:300]
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason)[:300]
+
+
+def api_failure(message: str, status: int) -> ExternalServiceError:
+    """An API server's refusal: only a 5xx or a 429 may pass if asked again."""
+    return ExternalServiceError(message, transient=status >= 500 or status == 429, status=status)
+
+
+def unreachable(error: Exception) -> ExternalServiceError:
+    """No answer from the API server at all (connection refused, TLS, timeout): worth a retry."""
+    return ExternalServiceError(f"The Kubernetes API is unreachable: {type(error).__name__}", transient=True)

@@ -456,6 +456,7 @@ def require_served(api) -> None:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    from issueops.custom_resources import api_failure, unreachable
     from issueops.errors import ExternalServiceError, Unauthorized
 
     try:
@@ -482,15 +483,12 @@ def require_served(api) -> None:
                 "The API server refused the operator's credentials (401 Unauthorized): "
                 "its token is wrong or has expired."
             ) from None
-        raise ExternalServiceError(
+        raise api_failure(
             f"The API server answered {exc.status} to the discovery of {GROUP}/{VERSION}: {exc.reason}",
-            transient=exc.status >= 500 or exc.status == 429,
-            status=exc.status,
+            exc.status,
         ) from None
     except HTTPError as exc:
-        raise ExternalServiceError(
-            f"The Kubernetes API is unreachable: {type(exc).__name__}", transient=True
-        ) from None
+        raise unreachable(exc) from None
 
 
 HEADER = """\
